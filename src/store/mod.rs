@@ -1,0 +1,468 @@
+//! The sled-backed store. [`Store::apply_with`] is the only mutation.
+//!
+//! Trees:
+//! - `records`: `segment (2 bytes, BE) ‖ key bytes` → encoded record. Prefixing the
+//!   Merkle segment keeps every leaf's records contiguous for the sync layer.
+//! - `todo_order`: `created_at (8, BE) ‖ todo id (16)` → `()`, live todos only; read
+//!   backwards it lists newest first.
+//! - `doc_names`: document path → `()`, live documents only (for prefix listing).
+//! - `meta`: this node's identity.
+//!
+//! The Merkle tree and the live counts are kept in memory and rebuilt at open from the
+//! record headers (key and version only — no value is hashed), so they cannot disagree
+//! with the records after a crash.
+//!
+//! Locking: one `std::sync::Mutex` serialises applies. Its critical section is a read and
+//! a sled transaction (microseconds, no `.await`, no network), which is what makes every
+//! read-modify-write atomic and the transaction conflict-free. Reads do not take it.
+
+mod commit;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use sled::Transactional;
+use uuid::Uuid;
+
+use crate::codec::{self, CodecError};
+use crate::merkle::{self, Hash, MerkleTree};
+use crate::model::todo::StoredTodo;
+use crate::model::{Key, NodeId, Origin, Record, Timestamp};
+use commit::Committer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key} is unreadable: {source}")]
+    Corrupt { key: String, source: CodecError },
+    #[error("stored metadata {0:?} is unreadable")]
+    CorruptMeta(&'static str),
+    #[error("record for {key} holds an invalid todo: {reason}")]
+    InvalidTodo { key: String, reason: String },
+    #[error("flushing to disk failed: {0}")]
+    Flush(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when the disk is full: the write was refused and nothing changed.
+    pub fn is_storage_full(&self) -> bool {
+        let full = |text: &str| text.contains("No space left") || text.contains("StorageFull");
+        match self {
+            StoreError::Sled(sled::Error::Io(io)) => {
+                io.kind() == std::io::ErrorKind::StorageFull || full(&io.to_string())
+            }
+            StoreError::Flush(reason) => full(reason),
+            _ => false,
+        }
+    }
+}
+
+/// Why an [`Store::apply_with`] did not happen: the caller's own refusal, or the store's.
+#[derive(Debug)]
+pub enum ApplyError<E> {
+    Rejected(E),
+    Store(StoreError),
+}
+
+impl<E> From<StoreError> for ApplyError<E> {
+    fn from(error: StoreError) -> Self {
+        ApplyError::Store(error)
+    }
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// False when the candidate lost to (or equalled) the stored record: nothing changed.
+    pub changed: bool,
+    /// The record now stored under the key.
+    pub record: Record,
+    /// Pass to [`Store::wait_durable`] before acknowledging.
+    pub seq: u64,
+}
+
+/// Live record counts (tombstones not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub todos: u64,
+    pub docs: u64,
+}
+
+struct WriteState {
+    merkle: MerkleTree,
+    counts: Counts,
+}
+
+struct Inner {
+    db: sled::Db,
+    records: sled::Tree,
+    todo_order: sled::Tree,
+    doc_names: sled::Tree,
+    identity: Origin,
+    highest_ts_at_open: Timestamp,
+    write: Mutex<WriteState>,
+    committer: Committer,
+}
+
+/// A cheap-to-clone handle to one node's database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// A position in the newest-first todo listing (opaque to clients).
+pub type TodoCursor = [u8; 24];
+
+const META_NODE_ID: &str = "node_id";
+const META_JOINED_AT: &str = "joined_at";
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
+    /// `now_ms` becomes this node's `joined_at` if the directory is new.
+    pub fn open(dir: &Path, now_ms: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let records = db.open_tree("records")?;
+        let todo_order = db.open_tree("todo_order")?;
+        let doc_names = db.open_tree("doc_names")?;
+        let meta = db.open_tree("meta")?;
+        let identity = load_or_create_identity(&db, &meta, now_ms)?;
+        let (write, highest_ts_at_open) = scan(&records)?;
+        let data_file = File::open(dir.join("db")).ok();
+        let committer = Committer::start(db.clone(), data_file).map_err(sled::Error::Io)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                records,
+                todo_order,
+                doc_names,
+                identity,
+                highest_ts_at_open,
+                write: Mutex::new(write),
+                committer,
+            }),
+        })
+    }
+
+    /// This node's id and `joined_at`, stamped on every local write.
+    pub fn identity(&self) -> Origin {
+        self.inner.identity
+    }
+
+    /// The highest record timestamp found at open: the clock must start past it.
+    pub fn highest_ts_at_open(&self) -> Timestamp {
+        self.inner.highest_ts_at_open
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        let key_bytes = key.to_bytes();
+        match self.inner.records.get(record_key(&key_bytes))? {
+            Some(bytes) => Ok(Some(decode(&key_bytes, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `record` if it supersedes what is stored (the merge rule).
+    pub fn apply(&self, key: &Key, record: Record) -> Result<Applied, StoreError> {
+        self.apply_with(key, |_| Ok::<_, std::convert::Infallible>(record)).map_err(|e| match e {
+            ApplyError::Store(error) => error,
+            ApplyError::Rejected(never) => match never {},
+        })
+    }
+
+    /// The only mutation. Under the write lock: reads the current record, asks `decide`
+    /// for a candidate (or a refusal), and stores the candidate if it supersedes the
+    /// current record. Every mutation does, atomically:
+    /// 1. write the record (sled transaction, together with the todo and document
+    ///    indexes);
+    /// 2. XOR the old entry out of and the new one into the Merkle tree;
+    /// 3. update the live counts;
+    /// 4. take a sequence number for [`Store::wait_durable`].
+    ///
+    /// A candidate that does not supersede the current record changes nothing.
+    pub fn apply_with<E>(
+        &self,
+        key: &Key,
+        decide: impl FnOnce(Option<&Record>) -> Result<Record, E>,
+    ) -> Result<Applied, ApplyError<E>> {
+        let key_bytes = key.to_bytes();
+        let segment = merkle::segment_of(&key_bytes);
+        let stored_key = record_key_in(segment, &key_bytes);
+        let inner = &*self.inner;
+
+        let mut state = self.lock_write();
+        let current = match inner.records.get(&stored_key).map_err(StoreError::from)? {
+            Some(bytes) => Some(decode(&key_bytes, &bytes)?),
+            None => None,
+        };
+        let candidate = decide(current.as_ref()).map_err(ApplyError::Rejected)?;
+        if let Some(current) = &current {
+            if !candidate.supersedes(current) {
+                let seq = inner.committer.last_applied();
+                return Ok(Applied { changed: false, record: current.clone(), seq });
+            }
+        }
+        let index = IndexChange::new(key, current.as_ref(), &candidate)?;
+        let encoded = codec::encode_record(&candidate);
+        (&inner.records, &inner.todo_order, &inner.doc_names)
+            .transaction(|(records, todo_order, doc_names)| {
+                records.insert(stored_key.as_slice(), encoded.as_slice())?;
+                index.write(todo_order, doc_names)?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(error) => StoreError::Sled(error),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Sled(
+                    sled::Error::ReportableBug("a transaction that never aborts aborted".into()),
+                ),
+            })?;
+
+        if let Some(current) = &current {
+            state.merkle.toggle(segment, &entry_of(&key_bytes, current));
+            adjust(&mut state.counts, key, current.is_live(), -1);
+        }
+        state.merkle.toggle(segment, &entry_of(&key_bytes, &candidate));
+        adjust(&mut state.counts, key, candidate.is_live(), 1);
+        let seq = inner.committer.applied();
+        drop(state);
+        inner.committer.request_flush();
+        Ok(Applied { changed: true, record: candidate, seq })
+    }
+
+    /// Resolves once the apply numbered `seq` (and every one before it) is on disk.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.committer.wait_durable(seq).await
+    }
+
+    pub fn merkle_root(&self) -> Hash {
+        self.lock_write().merkle.root()
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.lock_write().counts
+    }
+
+    /// Live todo ids, newest first, starting after `after`.
+    pub fn todos_newest_first(
+        &self,
+        after: Option<TodoCursor>,
+    ) -> impl Iterator<Item = Result<(TodoCursor, Uuid), StoreError>> + '_ {
+        let range = match after {
+            Some(cursor) => self.inner.todo_order.range(..cursor.to_vec()),
+            None => self.inner.todo_order.range::<Vec<u8>, _>(..),
+        };
+        range.rev().map(|entry| {
+            let (index_key, _) = entry?;
+            let cursor: TodoCursor =
+                index_key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+            let id = Uuid::from_slice(&cursor[8..])
+                .map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+            Ok((cursor, id))
+        })
+    }
+
+    /// Live document paths starting with `prefix`, in byte order, after `after`.
+    pub fn doc_paths(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        let start = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                std::ops::Bound::Excluded(after.as_bytes().to_vec())
+            }
+            _ => std::ops::Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        let prefix = prefix.as_bytes().to_vec();
+        self.inner
+            .doc_names
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(move |entry| {
+                entry.as_ref().map_or(true, |(path, _)| path.starts_with(&prefix))
+            })
+            .map(|entry| {
+                let (path, _) = entry?;
+                String::from_utf8(path.to_vec()).map_err(|_| StoreError::CorruptMeta("doc_names"))
+            })
+    }
+
+    /// Flushes and stops the committer. Later writes fail to become durable.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.inner.committer.stop();
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    fn lock_write(&self) -> MutexGuard<'_, WriteState> {
+        // A panic while holding the lock happens before the sled transaction or after it
+        // completed, so the state is still consistent: keep serving.
+        self.inner.write.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.committer.stop();
+    }
+}
+
+/// The index entries an apply adds and removes, computed before the transaction.
+struct IndexChange {
+    todo_remove: Option<Vec<u8>>,
+    todo_insert: Option<Vec<u8>>,
+    doc_remove: Option<Vec<u8>>,
+    doc_insert: Option<Vec<u8>>,
+}
+
+impl IndexChange {
+    fn new(key: &Key, current: Option<&Record>, candidate: &Record) -> Result<Self, StoreError> {
+        let mut change = IndexChange {
+            todo_remove: None,
+            todo_insert: None,
+            doc_remove: None,
+            doc_insert: None,
+        };
+        match key {
+            Key::Todo(id) => {
+                let order_key = |record: &Record| -> Result<Option<Vec<u8>>, StoreError> {
+                    let Some(bytes) = record.live_bytes() else { return Ok(None) };
+                    let todo = StoredTodo::decode(bytes).map_err(|reason| {
+                        StoreError::InvalidTodo { key: key.to_string(), reason }
+                    })?;
+                    let mut order = todo.created_at.to_be_bytes().to_vec();
+                    order.extend_from_slice(id.as_bytes());
+                    Ok(Some(order))
+                };
+                change.todo_insert = order_key(candidate)?;
+                // The current record was validated when it was stored.
+                change.todo_remove = current.map(order_key).transpose().ok().flatten().flatten();
+            }
+            Key::Doc(path) => {
+                let name = path.as_bytes().to_vec();
+                if candidate.is_live() {
+                    change.doc_insert = Some(name);
+                } else if current.is_some_and(Record::is_live) {
+                    change.doc_remove = Some(name);
+                }
+            }
+        }
+        Ok(change)
+    }
+
+    fn write(
+        &self,
+        todo_order: &sled::transaction::TransactionalTree,
+        doc_names: &sled::transaction::TransactionalTree,
+    ) -> sled::transaction::ConflictableTransactionResult<(), ()> {
+        if let Some(old) = &self.todo_remove {
+            todo_order.remove(old.as_slice())?;
+        }
+        if let Some(new) = &self.todo_insert {
+            todo_order.insert(new.as_slice(), &[])?;
+        }
+        if let Some(old) = &self.doc_remove {
+            doc_names.remove(old.as_slice())?;
+        }
+        if let Some(new) = &self.doc_insert {
+            doc_names.insert(new.as_slice(), &[])?;
+        }
+        Ok(())
+    }
+}
+
+fn record_key(key_bytes: &[u8]) -> Vec<u8> {
+    record_key_in(merkle::segment_of(key_bytes), key_bytes)
+}
+
+fn record_key_in(segment: u16, key_bytes: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(2 + key_bytes.len());
+    stored.extend_from_slice(&segment.to_be_bytes());
+    stored.extend_from_slice(key_bytes);
+    stored
+}
+
+fn decode(key_bytes: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
+    codec::decode_record(bytes).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key_bytes).into_owned(),
+        source,
+    })
+}
+
+fn entry_of(key_bytes: &[u8], record: &Record) -> Hash {
+    merkle::entry_hash(key_bytes, &codec::encode_version(&record.version))
+}
+
+fn adjust(counts: &mut Counts, key: &Key, live: bool, delta: i64) {
+    if !live {
+        return;
+    }
+    let count = match key {
+        Key::Todo(_) => &mut counts.todos,
+        Key::Doc(_) => &mut counts.docs,
+    };
+    *count = count.saturating_add_signed(delta);
+}
+
+/// Rebuilds the Merkle tree and counts from record headers; finds the highest timestamp.
+fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
+    let mut merkle = MerkleTree::new();
+    let mut counts = Counts::default();
+    let mut highest = Timestamp::default();
+    for entry in records.iter() {
+        let (stored_key, bytes) = entry?;
+        let key_bytes = stored_key.get(2..).unwrap_or_default();
+        let segment = u16::from_be_bytes([stored_key[0], stored_key.get(1).copied().unwrap_or(0)]);
+        let (version, live) = codec::peek_record(&bytes).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key_bytes).into_owned(),
+            source,
+        })?;
+        merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
+        highest = highest.max(codec::decode_version(version).ts);
+        if live {
+            if key_bytes.starts_with(b"todo/") {
+                counts.todos += 1;
+            } else {
+                counts.docs += 1;
+            }
+        }
+    }
+    Ok((WriteState { merkle, counts }, highest))
+}
+
+fn load_or_create_identity(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    now_ms: u64,
+) -> Result<Origin, StoreError> {
+    let node = meta.get(META_NODE_ID)?;
+    let joined_at = meta.get(META_JOINED_AT)?;
+    match (node, joined_at) {
+        (Some(node), Some(joined_at)) => {
+            let node =
+                Uuid::from_slice(&node).map_err(|_| StoreError::CorruptMeta(META_NODE_ID))?;
+            let joined_at: [u8; 8] = joined_at
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::CorruptMeta(META_JOINED_AT))?;
+            Ok(Origin { node: NodeId(node), joined_at: u64::from_be_bytes(joined_at) })
+        }
+        _ => {
+            let origin = Origin { node: NodeId::random(), joined_at: now_ms };
+            meta.insert(META_JOINED_AT, &origin.joined_at.to_be_bytes())?;
+            meta.insert(META_NODE_ID, origin.node.0.as_bytes())?;
+            db.flush()?;
+            Ok(origin)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

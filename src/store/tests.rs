@@ -1,0 +1,175 @@
+use super::*;
+use crate::model::{Value, Version};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn record(ts: u64, joined_at: u64, uuid: u128, value: Option<&[u8]>) -> Record {
+    Record {
+        version: Version {
+            ts: Timestamp::from_raw(ts),
+            origin: Origin { node: NodeId(Uuid::from_u128(1)), joined_at },
+            uuid: Uuid::from_u128(uuid),
+        },
+        value: value.map_or(Value::Tombstone, |v| Value::Live(v.to_vec())),
+    }
+}
+
+fn todo_record(ts: u64, created_at: u64, text: &str) -> Record {
+    let todo = StoredTodo {
+        extern_id: format!("e-{created_at}"),
+        todo: text.into(),
+        completed: false,
+        created_at,
+        updated_at: created_at,
+    };
+    record(ts, 1, ts.into(), Some(&todo.encode()))
+}
+
+fn doc(path: &str) -> Key {
+    Key::doc(path).unwrap()
+}
+
+#[test]
+fn identity_is_created_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), 1_000).unwrap().identity();
+    let again = Store::open(dir.path(), 9_999).unwrap().identity();
+    assert_eq!(first, again);
+    assert_eq!(first.joined_at, 1_000);
+}
+
+#[test]
+fn only_a_superseding_record_changes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let key = doc("a");
+    assert!(store.apply(&key, record(10, 5, 1, Some(b"1"))).unwrap().changed);
+    let root = store.merkle_root();
+    // Older ts, and equal ts from a younger node: both lose.
+    assert!(!store.apply(&key, record(9, 1, 9, Some(b"2"))).unwrap().changed);
+    assert!(!store.apply(&key, record(10, 6, 9, Some(b"3"))).unwrap().changed);
+    assert_eq!(store.get(&key).unwrap().unwrap().live_bytes(), Some(&b"1"[..]));
+    assert_eq!(store.merkle_root(), root);
+    // Equal ts from an older node wins.
+    assert!(store.apply(&key, record(10, 4, 0, Some(b"4"))).unwrap().changed);
+    assert_ne!(store.merkle_root(), root);
+}
+
+#[test]
+fn a_refusal_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let key = doc("a");
+    let outcome = store.apply_with(&key, |_| Err::<Record, _>("no"));
+    assert!(matches!(outcome, Err(ApplyError::Rejected("no"))));
+    assert_eq!(store.get(&key).unwrap(), None);
+    assert_eq!(store.merkle_root(), merkle::ZERO);
+}
+
+#[test]
+fn an_invalid_todo_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let key = Key::Todo(Uuid::from_u128(3));
+    let error = store.apply(&key, record(1, 1, 1, Some(b"{\"todo\":1}"))).unwrap_err();
+    assert!(matches!(error, StoreError::InvalidTodo { .. }));
+    assert_eq!(store.get(&key).unwrap(), None);
+    assert_eq!(store.counts(), Counts::default());
+}
+
+#[test]
+fn todos_list_newest_first_and_deleted_ones_leave_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    for (n, created_at) in [(1u128, 300u64), (2, 100), (3, 200)] {
+        store
+            .apply(&Key::Todo(Uuid::from_u128(n)), todo_record(created_at, created_at, "t"))
+            .unwrap();
+    }
+    let ids = |after| -> Vec<u128> {
+        store.todos_newest_first(after).map(|e| e.unwrap().1.as_u128()).collect()
+    };
+    assert_eq!(ids(None), vec![1, 3, 2]);
+    let (cursor, _) = store.todos_newest_first(None).next().unwrap().unwrap();
+    assert_eq!(ids(Some(cursor)), vec![3, 2]);
+    store.apply(&Key::Todo(Uuid::from_u128(3)), record(999, 1, 1, None)).unwrap();
+    assert_eq!(ids(None), vec![1, 2]);
+    assert_eq!(store.counts().todos, 2);
+}
+
+#[test]
+fn doc_paths_by_prefix_and_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    for path in ["users/a", "users/b", "users/c", "usersx", "other"] {
+        store.apply(&doc(path), record(1, 1, 1, Some(b"{}"))).unwrap();
+    }
+    store.apply(&doc("users/b"), record(2, 1, 1, None)).unwrap();
+    let paths = |prefix, after| -> Vec<String> {
+        store.doc_paths(prefix, after).map(Result::unwrap).collect()
+    };
+    assert_eq!(paths("users/", None), vec!["users/a", "users/c"]);
+    assert_eq!(paths("users/", Some("users/a")), vec!["users/c"]);
+    assert_eq!(paths("", None).len(), 4);
+    assert_eq!(store.counts().docs, 4);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Apply(u8, u64, u128, Option<u8>),
+    Restart,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..12, 0u64..6, 0u128..3, prop::option::of(0u8..3))
+            .prop_map(|(k, ts, uuid, v)| Op::Apply(k, ts, uuid, v)),
+        1 => Just(Op::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The store behaves like a BTreeMap fed through `Record::merge`, across restarts;
+    /// its incremental Merkle root always equals one rebuilt from the model's records.
+    #[test]
+    fn matches_a_btreemap_model_across_restarts(ops in prop::collection::vec(arb_op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 1).unwrap();
+        let mut model: BTreeMap<Key, Record> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Apply(k, ts, uuid, value) => {
+                    let key = doc(&format!("k{k}"));
+                    let value = value.map(|v| vec![b'0' + v]);
+                    let incoming = record(ts, 1, uuid, value.as_deref());
+                    let should_change = model.get(&key).is_none_or(|current| incoming.supersedes(current));
+                    let applied = store.apply(&key, incoming.clone()).unwrap();
+                    prop_assert_eq!(applied.changed, should_change);
+                    let merged = match model.remove(&key) {
+                        Some(current) => Record::merge(current, incoming),
+                        None => incoming,
+                    };
+                    model.insert(key, merged);
+                }
+                Op::Restart => {
+                    store.close().unwrap();
+                    drop(store);
+                    store = Store::open(dir.path(), 1).unwrap();
+                }
+            }
+            let rebuilt = MerkleTree::from_entries(model.iter().map(|(key, record)| {
+                let bytes = key.to_bytes();
+                (merkle::segment_of(&bytes), entry_of(&bytes, record))
+            }));
+            prop_assert_eq!(store.merkle_root(), rebuilt.root());
+        }
+        for (key, record) in &model {
+            let stored = store.get(key).unwrap();
+            prop_assert_eq!(stored.as_ref(), Some(record));
+        }
+        let live = model.values().filter(|r| r.is_live()).count() as u64;
+        prop_assert_eq!(store.counts().docs, live);
+    }
+}
