@@ -53,7 +53,7 @@ impl PhysicalClock for ManualClock {
     }
 }
 
-impl<C: PhysicalClock> PhysicalClock for Arc<C> {
+impl<C: PhysicalClock + ?Sized> PhysicalClock for Arc<C> {
     fn now_ms(&self) -> u64 {
         (**self).now_ms()
     }

@@ -5,10 +5,21 @@
 //! - [`clock`]: the hybrid logical clock that stamps local writes.
 //! - [`merkle`]: the tictac Merkle tree over key hashes. Pure.
 //! - [`codec`]: byte encodings for disk and wire; capped zstd.
+//! - [`cli`], [`config`]: raw flags, then the validated configuration.
 //! - [`store`]: sled; `Store::apply_with` is the only mutation; group commit.
+//! - [`service`]: todo and document rules, preconditions, readiness.
+//! - [`http`]: the axum router, extractors, the error table, OpenAPI and `/docs`.
+//! - [`telemetry`]: log setup.
+//! - [`daemon`]: the composition root that starts and stops everything.
 
+pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod config;
+pub mod daemon;
+pub mod http;
 pub mod merkle;
 pub mod model;
+pub mod service;
 pub mod store;
+pub mod telemetry;

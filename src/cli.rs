@@ -1,0 +1,91 @@
+//! Command-line flags, raw (clap only). Every serve flag can also come from a `KVS_…`
+//! environment variable; [`crate::config`] layers them over the YAML file and validates.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvs",
+    version,
+    about = "A replicated key-value daemon: every node holds all the data and converges with its peers",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, kvs serves (`kvs` is `kvs serve`).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (the default).
+    Serve(Box<ServeArgs>),
+    /// Print a new random 256-bit cluster key and how to use it.
+    Keygen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags for `kvs serve`. Unset flags fall back to the environment, then the config file,
+/// then the defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// YAML configuration file (see configs/)
+    #[arg(long, env = "KVS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "KVS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address peers use to reach this node (host:port, may be a DNS name)
+    /// [default: the listen address]
+    #[arg(long, env = "KVS_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Port to listen on (replaces the port of --listen)
+    #[arg(long, env = "KVS_PORT", value_name = "N")]
+    pub port: Option<u16>,
+    /// Directory of this node's database [default: ./kvs-data]
+    #[arg(long = "data-dir", visible_alias = "db", env = "KVS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Human-readable node name [default: node-<first 8 hex digits of the node id>]
+    #[arg(long, env = "KVS_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Comma-separated peers to join through (host:port; may include this node)
+    #[arg(long, env = "KVS_SEEDS", value_name = "A,B,C", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Shared cluster secret from `kvs keygen`
+    #[arg(long, env = "KVS_CLUSTER_KEY", value_name = "KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+    /// Anti-entropy interval, e.g. 1s [default: 1s]
+    #[arg(long, env = "KVS_SYNC_INTERVAL", value_name = "DURATION")]
+    pub sync_interval: Option<String>,
+    /// Gossip interval, e.g. 200ms [default: 200ms]
+    #[arg(long, env = "KVS_GOSSIP_INTERVAL", value_name = "DURATION")]
+    pub gossip_interval: Option<String>,
+    /// How long to try the seeds before running standalone [default: 10s]
+    #[arg(long, env = "KVS_JOIN_TIMEOUT", value_name = "DURATION")]
+    pub join_timeout: Option<String>,
+    /// How long tombstones are kept at most [default: 7d]
+    #[arg(long, env = "KVS_TOMBSTONE_TTL", value_name = "DURATION")]
+    pub tombstone_ttl: Option<String>,
+    /// Remote timestamps further ahead than this are logged [default: 1s]
+    #[arg(long, env = "KVS_MAX_CLOCK_SKEW", value_name = "DURATION")]
+    pub max_clock_skew: Option<String>,
+    /// Largest request body accepted, in bytes [default: 1048576]
+    #[arg(long, env = "KVS_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
+    #[arg(long, env = "KVS_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "KVS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}

@@ -1,0 +1,313 @@
+//! The validated configuration: defaults < YAML file < environment < flags.
+//!
+//! The YAML file is parsed with unknown keys refused; every value is checked here, and
+//! an error names the key, so a typo stops start-up instead of being ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./kvs-data";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node_name: Option<String>,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub seeds: Vec<String>,
+    /// The 32-byte cluster key, when one is configured.
+    pub cluster_key: Option<[u8; 32]>,
+    pub sync_interval: Duration,
+    pub gossip_interval: Duration,
+    pub join_timeout: Duration,
+    pub tombstone_ttl: Duration,
+    pub max_clock_skew: Duration,
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// The YAML file's shape. Every section refuses unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
+    cluster: ClusterSection,
+    #[serde(default)]
+    http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    name: Option<String>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    seeds: Option<Vec<String>>,
+    key: Option<String>,
+    sync_interval: Option<String>,
+    gossip_interval: Option<String>,
+    join_timeout: Option<String>,
+    tombstone_ttl: Option<String>,
+    max_clock_skew: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    max_body_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Resolves flags (which clap already merged with the environment) over the file
+    /// named by `--config`, over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_layers(args, file)
+    }
+
+    /// Parses YAML text as a config file (with no flags over it).
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let file = parse_file(Path::new("<inline>"), text)?;
+        Self::from_layers(&ServeArgs::default(), file)
+    }
+
+    fn from_layers(args: &ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
+        let FileConfig { log_level, log_format, node, cluster, http } = file;
+        let listen_text = args.listen.clone().or(node.listen).unwrap_or(DEFAULT_LISTEN.into());
+        let mut listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid("node.listen", format!("{listen_text:?} is not an IP address with a port"))
+        })?;
+        if let Some(port) = args.port.or(node.port) {
+            listen.set_port(port);
+        }
+        let advertise = args.advertise.clone().or(node.advertise).unwrap_or(listen.to_string());
+        check_host_port("node.advertise", &advertise)?;
+        let seeds = args.seeds.clone().or(cluster.seeds).unwrap_or_default();
+        let seeds: Vec<String> =
+            seeds.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        for seed in &seeds {
+            check_host_port("cluster.seeds", seed)?;
+        }
+        let node_name = args.node_name.clone().or(node.name);
+        if node_name.as_deref().is_some_and(|name| name.trim().is_empty() || name.len() > 128) {
+            return Err(invalid("node.name", "must be 1 to 128 bytes"));
+        }
+        let cluster_key = match args.cluster_key.clone().or(cluster.key) {
+            Some(key) if !key.trim().is_empty() => Some(parse_key(key.trim())?),
+            _ => None,
+        };
+        let duration =
+            |key: &'static str, flag: &Option<String>, file: Option<String>, default| match flag
+                .clone()
+                .or(file)
+            {
+                Some(text) => parse_duration(key, &text),
+                None => Ok(default),
+            };
+        let max_body_bytes =
+            args.max_body_bytes.or(http.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
+        }
+        Ok(Config {
+            node_name,
+            listen,
+            advertise,
+            data_dir: args.data_dir.clone().or(node.data_dir).unwrap_or(DEFAULT_DATA_DIR.into()),
+            seeds,
+            cluster_key,
+            sync_interval: duration(
+                "cluster.sync_interval",
+                &args.sync_interval,
+                cluster.sync_interval,
+                Duration::from_secs(1),
+            )?,
+            gossip_interval: duration(
+                "cluster.gossip_interval",
+                &args.gossip_interval,
+                cluster.gossip_interval,
+                Duration::from_millis(200),
+            )?,
+            join_timeout: duration(
+                "cluster.join_timeout",
+                &args.join_timeout,
+                cluster.join_timeout,
+                Duration::from_secs(10),
+            )?,
+            tombstone_ttl: duration(
+                "cluster.tombstone_ttl",
+                &args.tombstone_ttl,
+                cluster.tombstone_ttl,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            max_clock_skew: duration(
+                "cluster.max_clock_skew",
+                &args.max_clock_skew,
+                cluster.max_clock_skew,
+                Duration::from_secs(1),
+            )?,
+            max_body_bytes,
+            log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
+            log_format: args.log_format.or(log_format).unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    yaml_serde::from_str(text)
+        .map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })
+}
+
+fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+        invalid(key, format!("{text:?} is not a duration like 500ms, 1s or 7d ({error})"))
+    })?;
+    if duration.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+fn check_host_port(key: &'static str, text: &str) -> Result<(), ConfigError> {
+    let valid = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{text:?} is not host:port")))
+    }
+}
+
+fn parse_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| invalid("cluster.key", "is not base64; make one with `kvs keygen`"))?;
+    bytes.try_into().map_err(|bytes: Vec<u8>| {
+        invalid(
+            "cluster.key",
+            format!("must be 32 bytes, got {}; make one with `kvs keygen`", bytes.len()),
+        )
+    })
+}
+
+/// A fresh cluster key, base64.
+pub fn generate_key() -> String {
+    let key: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_yaml("").unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.advertise, DEFAULT_LISTEN);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.sync_interval, Duration::from_secs(1));
+        assert_eq!(config.tombstone_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.cluster_key, None);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = Config::from_yaml(include_str!("../configs/node1.yaml")).unwrap();
+        assert_eq!(config.node_name.as_deref(), Some("node-1"));
+        assert_eq!(config.seeds.len(), 3);
+        assert_eq!(config.gossip_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Config::from_yaml("node:\n  nmae: x\n").unwrap_err().to_string();
+        assert!(error.contains("nmae"), "{error}");
+        let error = Config::from_yaml("colour: red\n").unwrap_err().to_string();
+        assert!(error.contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (yaml, key) in [
+            ("cluster:\n  sync_interval: soon\n", "cluster.sync_interval"),
+            ("cluster:\n  key: abc\n", "cluster.key"),
+            ("node:\n  listen: nowhere\n", "node.listen"),
+            ("cluster:\n  seeds: [\"no-port\"]\n", "cluster.seeds"),
+            ("cluster:\n  join_timeout: 0s\n", "cluster.join_timeout"),
+        ] {
+            let error = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(error.starts_with(key), "{yaml:?} gave {error}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "node:\n  listen: 127.0.0.1:9000\n  name: from-file\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            port: Some(9100),
+            node_name: Some("from-flag".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.node_name.as_deref(), Some("from-flag"));
+    }
+
+    #[test]
+    fn generated_keys_are_accepted() {
+        let key = generate_key();
+        assert_eq!(parse_key(&key).unwrap().len(), 32);
+        assert_ne!(generate_key(), key);
+    }
+}

@@ -1,0 +1,153 @@
+//! The composition root: opens the store, builds the services and the router, and owns
+//! every long-lived task. Nothing else spawns tasks that outlive a request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::config::Config;
+use crate::http::{self, AppState, NodeInfo};
+use crate::model::Origin;
+use crate::service::{Readiness, ReadyState, Services};
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for in-flight requests before it stops waiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the data directory {dir}: {source}")]
+    Open { dir: String, source: StoreError },
+    #[error("closing the store failed: {0}")]
+    Close(StoreError),
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a test may swap out.
+#[derive(Clone)]
+pub struct Options {
+    pub physical_clock: Arc<dyn PhysicalClock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { physical_clock: Arc::new(SystemClock) }
+    }
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] leaves its tasks running.
+pub struct Node {
+    addr: SocketAddr,
+    identity: Origin,
+    services: Services,
+    store: Store,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Runs a node until `shutdown` resolves, then drains and flushes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let node = start(config, Options::default()).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.shutdown().await
+}
+
+/// Binds, opens the store and starts serving; returns once the node accepts requests.
+pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+
+    let dir = config.data_dir.clone();
+    let now_ms = options.physical_clock.now_ms();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, now_ms)).await?.map_err(
+        |source| DaemonError::Open { dir: config.data_dir.display().to_string(), source },
+    )?;
+    let identity = store.identity();
+
+    let clock = Arc::new(Hlc::new(
+        options.physical_clock.clone(),
+        config.max_clock_skew.as_millis() as u64,
+    ));
+    clock.observe(store.highest_ts_at_open());
+
+    let readiness = Readiness::new(ReadyState {
+        ready: true,
+        standalone: true,
+        reason: "standalone node".into(),
+    });
+    let services = Services::new(store.clone(), clock, readiness);
+    let name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", &identity.node.to_string()[..8]));
+    let node_info = NodeInfo {
+        id: identity.node,
+        name: name.clone(),
+        addr: if config.listen.port() == 0 { addr.to_string() } else { config.advertise.clone() },
+        joined_at: identity.joined_at,
+    };
+    let state = AppState { services: services.clone(), node: Arc::new(node_info) };
+    let app = http::router(state, config.max_body_bytes);
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server failed");
+        }
+    });
+    tasks.close();
+    if config.seeds.is_empty() {
+        tracing::info!("no seeds configured: running standalone");
+    }
+    tracing::info!(%addr, node_id = %identity.node, node_name = %name, data_dir = %config.data_dir.display(), "kvs node listening");
+    Ok(Node { addr, identity, services, store, shutdown, tasks })
+}
+
+impl Node {
+    /// The address the node actually listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn identity(&self) -> Origin {
+        self.identity
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to [`SHUTDOWN_GRACE`]),
+    /// then flushes and closes the store.
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
+        self.shutdown.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; closing anyway"
+            );
+        }
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! `/kv/{*key}`: raw JSON documents, stored as sent.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{if_match, if_none_match_hits, PathParam, Query, RawJson};
+use super::problem::{ApiError, Problem};
+use super::{AppState, VersionBody};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocVersion {
+    pub key: String,
+    pub version: VersionBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocList {
+    pub keys: Vec<DocVersion>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListDocs {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    pub limit: Option<i64>,
+    /// The key the page starts after (`next_cursor` of the previous page).
+    pub cursor: Option<String>,
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Store a JSON document (any JSON value).
+#[utoipa::path(put, path = "/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "UTF-8 path up to 1 KiB, e.g. users/john/profile")),
+    request_body(content = serde_json::Value, description = "Any JSON document"),
+    responses(
+        (status = 200, description = "Replaced", body = DocVersion),
+        (status = 201, description = "Created", body = DocVersion),
+        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not sent as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad key", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put(
+    State(state): State<AppState>,
+    PathParam(key): PathParam,
+    headers: HeaderMap,
+    RawJson(body): RawJson,
+) -> Result<Response, ApiError> {
+    let condition = if_match(&headers)?;
+    let (created, version) =
+        state.services.docs.put(&key, body.to_vec(), condition.as_ref()).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = DocVersion { key: key.clone(), version: VersionBody::from(&version) };
+    let mut response = (status, Json(body)).into_response();
+    if created {
+        if let Ok(location) = HeaderValue::from_str(&format!("/kv/{}", encode_path(&key))) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Ok(with_etag(response, &version.etag()))
+}
+
+/// Get a JSON document, as it was stored.
+#[utoipa::path(get, path = "/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "Document path")),
+    responses(
+        (status = 200, description = "The document", body = serde_json::Value, headers(("ETag" = String))),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    PathParam(key): PathParam,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (bytes, version) = state
+        .services
+        .docs
+        .get(&key)?
+        .ok_or_else(|| ApiError::NotFound(format!("no document at {key:?}")))?;
+    let etag = version.etag();
+    if if_none_match_hits(&headers, &etag) {
+        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &etag));
+    }
+    let response = ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    Ok(with_etag(response, &etag))
+}
+
+/// Delete a document (it leaves a replicated tombstone).
+#[utoipa::path(delete, path = "/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "Document path")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    PathParam(key): PathParam,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let condition = if_match(&headers)?;
+    state.services.docs.delete(&key, condition.as_ref()).await.map_err(
+        |e| match ApiError::from(e) {
+            ApiError::NotFound(_) => ApiError::NotFound(format!("no document at {key:?}")),
+            other => other,
+        },
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List document keys with their versions, in key order.
+#[utoipa::path(get, path = "/kv", tag = "kv", params(ListDocs),
+    responses(
+        (status = 200, description = "Keys and versions", body = DocList),
+        (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListDocs>,
+) -> Result<Response, ApiError> {
+    let limit = match params.limit {
+        None => DEFAULT_LIMIT,
+        Some(limit) if (1..=MAX_LIMIT as i64).contains(&limit) => limit as usize,
+        Some(limit) => {
+            return Err(ApiError::Validation {
+                field: "limit",
+                message: format!("must be 1 to {MAX_LIMIT}, got {limit}"),
+            })
+        }
+    };
+    let prefix = params.prefix.unwrap_or_default();
+    let page = state.services.docs.list(&prefix, limit, params.cursor.as_deref())?;
+    let keys = page
+        .entries
+        .iter()
+        .map(|entry| DocVersion {
+            key: entry.path.clone(),
+            version: VersionBody::from(&entry.version),
+        })
+        .collect();
+    let mut response = Json(DocList { keys, next_cursor: page.next.clone() }).into_response();
+    if let Some(next) = page.next {
+        let link = format!(
+            "</kv?prefix={}&limit={limit}&cursor={}>; rel=\"next\"",
+            encode_path(&prefix),
+            encode_path(&next)
+        );
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+fn encode_path(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

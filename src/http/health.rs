@@ -1,0 +1,105 @@
+//! `/health/*`: liveness, readiness and what this node knows of itself and its peers.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{rfc3339, AppState};
+use crate::merkle;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    /// Why the node is not ready yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    pub id: String,
+    pub name: String,
+    pub addr: String,
+    /// alive, suspect, dead or left
+    pub state: &'static str,
+    /// RFC 3339
+    pub joined_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Info {
+    pub node_id: String,
+    pub node_name: String,
+    pub ready: bool,
+    /// standalone or cluster
+    pub cluster_mode: &'static str,
+    /// Hex of the Merkle root over every record (tombstones included).
+    pub merkle_root: String,
+    /// Live todos.
+    pub todo_count: u64,
+    /// Live records of every collection (tombstones not counted).
+    pub key_count: u64,
+    pub members: Vec<Member>,
+    /// Peer id → time of the last successful sync with it (RFC 3339).
+    pub last_sync: BTreeMap<String, String>,
+    /// Remote timestamps seen further ahead than the allowed clock skew.
+    pub skewed_timestamps: u64,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "Alive", body = Live)))]
+pub async fn live() -> Json<Live> {
+    Json(Live { status: "ok" })
+}
+
+/// The node has joined and finished its first sync.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready yet", body = Ready),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let readiness = state.services.readiness.current();
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let reason = (!readiness.ready).then_some(readiness.reason);
+    (status, Json(Ready { ready: readiness.ready, reason })).into_response()
+}
+
+/// What this node holds and whom it knows.
+#[utoipa::path(get, path = "/health/info", tag = "health",
+    responses((status = 200, description = "Node information", body = Info)))]
+pub async fn info(State(state): State<AppState>) -> Json<Info> {
+    let readiness = state.services.readiness.current();
+    let data = state.services.status();
+    let node = &state.node;
+    let me = Member {
+        id: node.id.to_string(),
+        name: node.name.clone(),
+        addr: node.addr.clone(),
+        state: "alive",
+        joined_at: rfc3339(node.joined_at),
+    };
+    Json(Info {
+        node_id: node.id.to_string(),
+        node_name: node.name.clone(),
+        ready: readiness.ready,
+        cluster_mode: if readiness.standalone { "standalone" } else { "cluster" },
+        merkle_root: merkle::hex(&data.merkle_root),
+        todo_count: data.counts.todos,
+        key_count: data.counts.todos + data.counts.docs,
+        members: vec![me],
+        last_sync: BTreeMap::new(),
+        skewed_timestamps: data.skewed_observations,
+    })
+}

@@ -1,0 +1,140 @@
+//! The HTTP API (the only user of axum): router, extractors, the error table, handlers,
+//! OpenAPI and the offline `/docs` page.
+
+mod docs;
+mod extract;
+mod health;
+mod problem;
+mod todos;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use tower_http::trace::TraceLayer;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::model::{NodeId, Version};
+use crate::service::Services;
+pub use problem::ApiError;
+
+/// Who this node is, as the API reports it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub addr: String,
+    pub joined_at: u64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub node: Arc<NodeInfo>,
+}
+
+/// A version as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionBody {
+    /// Hybrid logical clock, `millis:counter`.
+    pub ts: String,
+    /// Id of the node that wrote this version.
+    pub node: String,
+    /// When that node first joined (ms since the epoch): the tie-breaker.
+    pub node_joined_at: u64,
+    pub uuid: String,
+}
+
+impl From<&Version> for VersionBody {
+    fn from(version: &Version) -> Self {
+        VersionBody {
+            ts: version.ts.to_string(),
+            node: version.origin.node.to_string(),
+            node_joined_at: version.origin.joined_at,
+            uuid: version.uuid.hyphenated().to_string(),
+        }
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kvs", description = "A replicated key-value daemon. Errors are RFC 9457 problem documents."),
+    paths(
+        todos::create, todos::list, todos::get, todos::update, todos::delete,
+        docs::put, docs::get, docs::delete, docs::list,
+        health::live, health::ready, health::info,
+    ),
+    components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
+    tags(
+        (name = "todos", description = "The todo collection"),
+        (name = "kv", description = "Raw JSON documents"),
+        (name = "health", description = "Liveness, readiness, node information"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Every route. A plain function of the state, so tests can call it without a socket.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let data = Router::new()
+        .route("/todos", get(todos::list).post(todos::create))
+        .route(
+            "/todos/{id}",
+            get(todos::get).put(todos::update).patch(todos::update).delete(todos::delete),
+        )
+        .route("/kv", get(docs::list))
+        .route("/kv/{*key}", get(docs::get).put(docs::put).delete(docs::delete))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+    let swagger = SwaggerUi::new("/docs")
+        .url("/openapi.json", openapi())
+        .config(utoipa_swagger_ui::Config::default().validator_url("none"));
+    Router::new()
+        .merge(data)
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/health/info", get(health::info))
+        .merge(swagger)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Data routes answer 503 with `Retry-After` until the node is ready.
+async fn require_ready(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.services.readiness.current().ready {
+        next.run(request).await
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", request.uri().path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests;

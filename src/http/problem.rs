@@ -1,0 +1,137 @@
+//! Every error the HTTP layer sends, and the one table that maps them to statuses.
+//! Bodies are RFC 9457 `application/problem+json`; 5xx details are logged, not sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// Malformed JSON, wrong types, bad query or header syntax.
+    BadRequest(String),
+    /// Well-formed input that breaks a rule; names the field.
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    NotFound(String),
+    MethodNotAllowed,
+    Conflict(String),
+    PreconditionFailed,
+    PayloadTooLarge(String),
+    UnsupportedMediaType(String),
+    /// The node has not joined and synced yet.
+    NotReady,
+    /// The disk is full: the write was refused and nothing changed.
+    StorageFull,
+    /// Anything else; the detail goes to the log only.
+    Internal(String),
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem this is.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// For validation failures: the fields at fault.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::BadRequest(detail)
+            | ApiError::NotFound(detail)
+            | ApiError::Conflict(detail)
+            | ApiError::PayloadTooLarge(detail)
+            | ApiError::UnsupportedMediaType(detail) => detail.clone(),
+            ApiError::Validation { field, message } => format!("{field}: {message}"),
+            ApiError::MethodNotAllowed => "this route does not take that method".into(),
+            ApiError::PreconditionFailed => {
+                "the resource's current version does not match If-Match".into()
+            }
+            ApiError::NotReady => {
+                "the node has not finished joining and syncing; retry shortly".into()
+            }
+            ApiError::StorageFull => "the node's disk is full; nothing was written".into(),
+            ApiError::Internal(_) => "internal error; see the node's log".into(),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::NotFound => ApiError::NotFound("no such resource".into()),
+            ServiceError::Conflict(detail) => ApiError::Conflict(detail),
+            ServiceError::PreconditionFailed => ApiError::PreconditionFailed,
+            ServiceError::Invalid(field) => {
+                ApiError::Validation { field: field.field, message: field.message }
+            }
+            ServiceError::Store(error) if error.is_storage_full() => ApiError::StorageFull,
+            ServiceError::Store(error) => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(detail = %self.detail(), "request refused");
+        }
+        let errors = match &self {
+            ApiError::Validation { field, message } => {
+                vec![FieldProblem { field, message: message.clone() }]
+            }
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if matches!(self, ApiError::NotReady) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,262 @@
+//! `/todos`: JSON in, JSON out, versions as ETags.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::extract::{if_match, if_none_match_hits, JsonBody, PathParam, Query};
+use super::problem::{ApiError, Problem};
+use super::{rfc3339, AppState, VersionBody};
+use crate::service::{NewTodo, TodoPatch, TodoQuery, TodoView};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// A todo as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TodoBody {
+    pub id: Uuid,
+    pub extern_id: String,
+    pub todo: String,
+    pub completed: bool,
+    /// RFC 3339
+    pub created_at: String,
+    /// RFC 3339
+    pub updated_at: String,
+    pub version: VersionBody,
+}
+
+impl From<&TodoView> for TodoBody {
+    fn from(view: &TodoView) -> Self {
+        TodoBody {
+            id: view.id,
+            extern_id: view.todo.extern_id.clone(),
+            todo: view.todo.todo.clone(),
+            completed: view.todo.completed,
+            created_at: rfc3339(view.todo.created_at),
+            updated_at: rfc3339(view.todo.updated_at),
+            version: VersionBody::from(&view.version),
+        }
+    }
+}
+
+/// `POST /todos` body. `todo` is required; `extern_id` (1–80 characters) makes the id
+/// deterministic, so creating the same `extern_id` on two nodes yields one todo.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTodo {
+    pub extern_id: Option<String>,
+    /// 1–500 characters
+    pub todo: Option<String>,
+    pub completed: Option<bool>,
+}
+
+/// `PUT`/`PATCH /todos/{id}` body: the fields to change. `extern_id` cannot change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTodo {
+    pub todo: Option<String>,
+    pub completed: Option<bool>,
+    /// Refused with 422 when present: it is immutable.
+    #[schema(value_type = Option<String>)]
+    pub extern_id: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTodos {
+    /// Only todos with this completion state.
+    pub completed: Option<bool>,
+    /// Only the todo with this extern_id.
+    pub extern_id: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    pub limit: Option<i64>,
+    /// Opaque position from a previous page's `Link: rel="next"`.
+    pub cursor: Option<String>,
+}
+
+fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(text)
+        .map_err(|_| ApiError::BadRequest(format!("todo id {text:?} is not a UUID")))
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Create a todo.
+#[utoipa::path(post, path = "/todos", tag = "todos", request_body = CreateTodo,
+    responses(
+        (status = 201, description = "Created", body = TodoBody,
+            headers(("Location" = String), ("ETag" = String))),
+        (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A live todo has this extern_id", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateTodo>,
+) -> Result<Response, ApiError> {
+    let todo =
+        body.todo.ok_or(ApiError::Validation { field: "todo", message: "is required".into() })?;
+    let new = NewTodo { extern_id: body.extern_id, todo, completed: body.completed };
+    let view = state.services.todos.create(new).await?;
+    let location = format!("/todos/{}", view.id);
+    let mut response = (StatusCode::CREATED, Json(TodoBody::from(&view))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(with_etag(response, &view.version.etag()))
+}
+
+/// List todos, newest first.
+#[utoipa::path(get, path = "/todos", tag = "todos", params(ListTodos),
+    responses(
+        (status = 200, description = "A page of todos; `Link: <…>; rel=\"next\"` when there are more", body = [TodoBody]),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListTodos>,
+) -> Result<Response, ApiError> {
+    let limit = match params.limit {
+        None => DEFAULT_LIMIT,
+        Some(limit) if (1..=MAX_LIMIT as i64).contains(&limit) => limit as usize,
+        Some(limit) => {
+            return Err(ApiError::Validation {
+                field: "limit",
+                message: format!("must be 1 to {MAX_LIMIT}, got {limit}"),
+            })
+        }
+    };
+    let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
+    let query = TodoQuery {
+        completed: params.completed,
+        extern_id: params.extern_id.clone(),
+        limit,
+        after,
+    };
+    let page = state.services.todos.list(&query)?;
+    let items: Vec<TodoBody> = page.items.iter().map(TodoBody::from).collect();
+    let mut response = Json(items).into_response();
+    if let Some(next) = page.next {
+        let mut link = format!("</todos?limit={limit}&cursor={}", hex(&next));
+        if let Some(completed) = params.completed {
+            link.push_str(&format!("&completed={completed}"));
+        }
+        link.push_str(">; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Get one todo.
+#[utoipa::path(get, path = "/todos/{id}", tag = "todos",
+    params(("id" = Uuid, Path, description = "Todo id")),
+    responses(
+        (status = 200, description = "The todo", body = TodoBody, headers(("ETag" = String))),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let view = state.services.todos.get(id)?.ok_or_else(|| not_found(id))?;
+    let etag = view.version.etag();
+    if if_none_match_hits(&headers, &etag) {
+        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &etag));
+    }
+    Ok(with_etag(Json(TodoBody::from(&view)).into_response(), &etag))
+}
+
+/// Update fields of a todo (PUT and PATCH both take a partial body).
+#[utoipa::path(patch, path = "/todos/{id}", tag = "todos", request_body = UpdateTodo,
+    params(("id" = Uuid, Path, description = "Todo id")),
+    responses(
+        (status = 200, description = "The updated todo", body = TodoBody, headers(("ETag" = String))),
+        (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateTodo>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if body.extern_id.is_some() {
+        return Err(ApiError::Validation {
+            field: "extern_id",
+            message: "is immutable; create a new todo instead".into(),
+        });
+    }
+    let condition = if_match(&headers)?;
+    let patch = TodoPatch { todo: body.todo, completed: body.completed };
+    let view = state.services.todos.update(id, patch, condition.as_ref()).await.map_err(|e| {
+        match ApiError::from(e) {
+            ApiError::NotFound(_) => not_found(id),
+            other => other,
+        }
+    })?;
+    Ok(with_etag(Json(TodoBody::from(&view)).into_response(), &view.version.etag()))
+}
+
+/// Delete a todo (it leaves a replicated tombstone).
+#[utoipa::path(delete, path = "/todos/{id}", tag = "todos",
+    params(("id" = Uuid, Path, description = "Todo id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let condition = if_match(&headers)?;
+    state.services.todos.delete(id, condition.as_ref()).await.map_err(
+        |e| match ApiError::from(e) {
+            ApiError::NotFound(_) => not_found(id),
+            other => other,
+        },
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no todo with id {id}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_cursor(text: &str) -> Result<[u8; 24], ApiError> {
+    let bad = || ApiError::BadRequest(format!("cursor {text:?} is not one this server issued"));
+    if text.len() != 48 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut cursor = [0u8; 24];
+    for (i, byte) in cursor.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(cursor)
+}

@@ -1,0 +1,165 @@
+//! Application rules on top of the store: what a todo or a document write means, how
+//! preconditions and conflicts are decided. Knows nothing of HTTP.
+
+mod docs;
+mod todos;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::Hlc;
+use crate::merkle::Hash;
+use crate::model::todo::FieldError;
+use crate::model::{Origin, Record, Version};
+use crate::store::{ApplyError, Counts, Store, StoreError};
+
+pub use docs::{DocEntry, DocPage, DocService};
+pub use todos::{NewTodo, TodoPage, TodoPatch, TodoQuery, TodoService, TodoView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the resource's version does not match If-Match")]
+    PreconditionFailed,
+    #[error("invalid {}: {}", .0.field, .0.message)]
+    Invalid(FieldError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApplyError<ServiceError>> for ServiceError {
+    fn from(error: ApplyError<ServiceError>) -> Self {
+        match error {
+            ApplyError::Rejected(error) => error,
+            ApplyError::Store(error) => ServiceError::Store(error),
+        }
+    }
+}
+
+impl From<FieldError> for ServiceError {
+    fn from(error: FieldError) -> Self {
+        ServiceError::Invalid(error)
+    }
+}
+
+/// An `If-Match` precondition: `*`, or a list of entity tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    OneOf(Vec<String>),
+}
+
+impl IfMatch {
+    /// Strong comparison (RFC 9110 §13.1.1): weak tags never match.
+    pub fn allows(&self, version: &Version) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::OneOf(tags) => {
+                let current = version.etag();
+                tags.contains(&current)
+            }
+        }
+    }
+}
+
+/// Stamps local writes: this node's origin and its hybrid logical clock.
+#[derive(Clone)]
+pub struct Writer {
+    store: Store,
+    clock: Arc<Hlc>,
+    origin: Origin,
+}
+
+impl Writer {
+    pub fn new(store: Store, clock: Arc<Hlc>) -> Self {
+        let origin = store.identity();
+        Writer { store, clock, origin }
+    }
+
+    /// A version for a new local write. Call it inside `apply_with`, under the store's
+    /// write lock, so it is greater than the record it replaces.
+    fn next_version(&self) -> Version {
+        Version { ts: self.clock.now(), origin: self.origin, uuid: Uuid::new_v4() }
+    }
+
+    /// Waits until the write is durable.
+    async fn durable(&self, seq: u64) -> Result<(), ServiceError> {
+        Ok(self.store.wait_durable(seq).await?)
+    }
+}
+
+/// A record's live value, or `None` for a tombstone or a missing record.
+fn live(record: Option<Record>) -> Option<Record> {
+    record.filter(Record::is_live)
+}
+
+/// What a node says about its data.
+#[derive(Debug, Clone, Copy)]
+pub struct DataStatus {
+    pub merkle_root: Hash,
+    pub counts: Counts,
+    pub skewed_observations: u64,
+}
+
+/// Whether the node may serve data yet, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyState {
+    pub ready: bool,
+    /// No seed answered (or none was configured): this node runs alone.
+    pub standalone: bool,
+    pub reason: String,
+}
+
+/// The readiness flag: written by the daemon and the cluster layer, read by HTTP.
+#[derive(Clone)]
+pub struct Readiness(Arc<watch::Sender<ReadyState>>);
+
+impl Readiness {
+    pub fn new(initial: ReadyState) -> Self {
+        Readiness(Arc::new(watch::Sender::new(initial)))
+    }
+
+    pub fn current(&self) -> ReadyState {
+        self.0.borrow().clone()
+    }
+
+    pub fn set(&self, state: ReadyState) {
+        self.0.send_replace(state);
+    }
+}
+
+/// Everything the HTTP layer may call.
+#[derive(Clone)]
+pub struct Services {
+    pub todos: TodoService,
+    pub docs: DocService,
+    pub readiness: Readiness,
+    store: Store,
+    clock: Arc<Hlc>,
+}
+
+impl Services {
+    pub fn new(store: Store, clock: Arc<Hlc>, readiness: Readiness) -> Self {
+        let writer = Writer::new(store.clone(), clock.clone());
+        Services {
+            todos: TodoService::new(writer.clone()),
+            docs: DocService::new(writer),
+            readiness,
+            store,
+            clock,
+        }
+    }
+
+    pub fn status(&self) -> DataStatus {
+        DataStatus {
+            merkle_root: self.store.merkle_root(),
+            counts: self.store.counts(),
+            skewed_observations: self.clock.skewed_observations(),
+        }
+    }
+}
