@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::extract::{if_match, if_none_match_hits, JsonBody, PathParam, Query};
 use super::problem::{ApiError, Problem};
 use super::{rfc3339, AppState, VersionBody};
+use crate::model::Timestamp;
 use crate::service::{NewTodo, TodoPatch, TodoQuery, TodoView};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -37,8 +38,8 @@ impl From<&TodoView> for TodoBody {
             extern_id: view.todo.extern_id.clone(),
             todo: view.todo.todo.clone(),
             completed: view.todo.completed,
-            created_at: rfc3339(view.todo.created_at),
-            updated_at: rfc3339(view.todo.updated_at),
+            created_at: rfc3339(Timestamp::from_raw(view.todo.created_at).millis()),
+            updated_at: rfc3339(Timestamp::from_raw(view.todo.updated_at).millis()),
             version: VersionBody::from(&view.version),
         }
     }

@@ -15,7 +15,9 @@ pub fn todo_id(extern_id: &str) -> Uuid {
 }
 
 /// A todo as it is stored in a record value. The id lives in the key and the version in
-/// the record; times are milliseconds since the epoch.
+/// the record. `created_at` and `updated_at` are raw HLC timestamps (see
+/// [`crate::model::Timestamp`]) of the creating and the latest write: unlike plain
+/// milliseconds they never tie between two writes of one node, so "newest first" is exact.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredTodo {

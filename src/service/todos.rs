@@ -68,7 +68,7 @@ impl TodoService {
                 )));
             }
             let version = self.writer.next_version();
-            let now = version.ts.millis();
+            let now = version.ts.raw();
             let stored = StoredTodo {
                 extern_id: extern_id.clone(),
                 todo: new.todo,
@@ -132,7 +132,7 @@ impl TodoService {
             if let Some(completed) = patch.completed {
                 stored.completed = completed;
             }
-            stored.updated_at = version.ts.millis();
+            stored.updated_at = version.ts.raw();
             Ok(Record { version, value: Value::Live(stored.encode()) })
         })?;
         self.writer.durable(applied.seq).await?;

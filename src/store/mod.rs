@@ -3,8 +3,8 @@
 //! Trees:
 //! - `records`: `segment (2 bytes, BE) ‖ key bytes` → encoded record. Prefixing the
 //!   Merkle segment keeps every leaf's records contiguous for the sync layer.
-//! - `todo_order`: `created_at (8, BE) ‖ todo id (16)` → `()`, live todos only; read
-//!   backwards it lists newest first.
+//! - `todo_order`: `created_at (8, BE; an HLC timestamp) ‖ todo id (16)` → `()`, live
+//!   todos only; read backwards it lists newest first.
 //! - `doc_names`: document path → `()`, live documents only (for prefix listing).
 //! - `meta`: this node's identity.
 //!
