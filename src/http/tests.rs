@@ -89,6 +89,16 @@ impl Harness {
 
 use crate::merkle;
 
+/// method, uri, headers, body, expected status, expected field.
+type BadCase = (
+    Method,
+    String,
+    Vec<(&'static str, &'static str)>,
+    Option<String>,
+    StatusCode,
+    Option<&'static str>,
+);
+
 #[tokio::test]
 async fn create_get_and_conditional_get() {
     let h = harness();
@@ -135,7 +145,7 @@ async fn bad_input_gets_the_documented_status_and_changes_nothing() {
     h.create(json!({"todo": "keep me", "extern_id": "k"})).await;
     let id = crate::model::todo::todo_id("k");
     let before = h.root();
-    let cases: Vec<(Method, String, Vec<(&str, &str)>, Option<String>, StatusCode, Option<&str>)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             Method::POST,
             "/todos".into(),
