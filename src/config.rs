@@ -20,7 +20,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct Config {
     pub node_name: Option<String>,
     pub listen: SocketAddr,
-    pub advertise: String,
+    /// Where peers reach this node; `None` means the address actually bound.
+    pub advertise: Option<String>,
     pub data_dir: PathBuf,
     pub seeds: Vec<String>,
     /// The 32-byte cluster key, when one is configured.
@@ -117,8 +118,10 @@ impl Config {
         if let Some(port) = args.port.or(node.port) {
             listen.set_port(port);
         }
-        let advertise = args.advertise.clone().or(node.advertise).unwrap_or(listen.to_string());
-        check_host_port("node.advertise", &advertise)?;
+        let advertise = args.advertise.clone().or(node.advertise);
+        if let Some(advertise) = &advertise {
+            check_host_port("node.advertise", advertise)?;
+        }
         let seeds = args.seeds.clone().or(cluster.seeds).unwrap_or_default();
         let seeds: Vec<String> =
             seeds.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
@@ -251,7 +254,7 @@ mod tests {
     fn defaults() {
         let config = Config::from_yaml("").unwrap();
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!(config.advertise, DEFAULT_LISTEN);
+        assert_eq!(config.advertise, None);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(config.sync_interval, Duration::from_secs(1));
         assert_eq!(config.tombstone_ttl, Duration::from_secs(7 * 24 * 3600));

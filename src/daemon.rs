@@ -97,7 +97,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     let node_info = NodeInfo {
         id: identity.node,
         name: name.clone(),
-        addr: if config.listen.port() == 0 { addr.to_string() } else { config.advertise.clone() },
+        addr: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
         joined_at: identity.joined_at,
     };
     let state = AppState { services: services.clone(), node: Arc::new(node_info) };
@@ -145,7 +145,17 @@ impl Node {
                 "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; closing anyway"
             );
         }
+        drop(self.services);
         let store = self.store;
+        // Connection tasks drop their router (and its store handles) just after the
+        // server reports done; wait for them so the database lock is free on return.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while store.handle_count() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if store.handle_count() > 1 {
+            tracing::warn!(handles = store.handle_count(), "store still in use at shutdown");
+        }
         tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)?;
         tracing::info!("store flushed; bye");
         Ok(())

@@ -9,8 +9,7 @@ use crate::cli::LogFormat;
 /// Installs the global subscriber. `level` is a level name or any `tracing` directive
 /// (`info,kvs::sync=debug`); `RUST_LOG` is not consulted so the config stays the truth.
 pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level)
-        .map_err(|error| format!("log_level: {level:?} is not a level or directive ({error})"))?;
+    let filter = parse_filter(level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -20,4 +19,40 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|error| format!("cannot install the logger: {error}"))
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Accepts a comma-separated list of `level` or `target=level` directives and nothing
+/// else: `EnvFilter` alone takes almost any word as a target name, so a typo such as
+/// `infp` would silently log nothing.
+fn parse_filter(text: &str) -> Result<EnvFilter, String> {
+    let complaint = || {
+        format!(
+            "log_level: {text:?} is not a level ({}) or a list of target=level directives",
+            LEVELS.join(", ")
+        )
+    };
+    for directive in text.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(complaint());
+        }
+    }
+    EnvFilter::try_new(text).map_err(|_| complaint())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_levels_and_directives_only() {
+        for good in ["info", "DEBUG", "warn,kvs::store=trace", "off"] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["infp", "loud!!", "", "kvs=verbose", "info,"] {
+            assert!(parse_filter(bad).unwrap_err().starts_with("log_level"), "{bad}");
+        }
+    }
 }

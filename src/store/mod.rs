@@ -294,6 +294,12 @@ impl Store {
             })
     }
 
+    /// How many handles to this store exist (the database stays locked until the last
+    /// one is dropped).
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// Flushes and stops the committer. Later writes fail to become durable.
     pub fn close(&self) -> Result<(), StoreError> {
         self.inner.committer.stop();

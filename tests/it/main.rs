@@ -1,0 +1,6 @@
+//! One integration-test binary: real sockets, real processes, temp directories.
+
+mod api;
+mod cli;
+mod durability;
+mod support;
