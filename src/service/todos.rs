@@ -97,8 +97,8 @@ impl TodoService {
         let mut page = TodoPage::default();
         let mut last_cursor = None;
         for entry in self.writer.store.todos_newest_first(query.after) {
-            let (cursor, id) = entry?;
-            let Some(view) = self.get(id)? else { continue };
+            let (cursor, id, record) = entry?;
+            let Some(view) = view(id, record) else { continue };
             if !matches(&view) {
                 continue;
             }

@@ -3,18 +3,25 @@
 //! Trees:
 //! - `records`: `segment (2 bytes, BE) ‖ key bytes` → encoded record. Prefixing the
 //!   Merkle segment keeps every leaf's records contiguous for the sync layer.
-//! - `todo_order`: `created_at (8, BE; an HLC timestamp) ‖ todo id (16)` → `()`, live
-//!   todos only; read backwards it lists newest first.
-//! - `doc_names`: document path → `()`, live documents only (for prefix listing).
+//! - `todo_order`: `created_at (8, BE; an HLC timestamp) ‖ todo id (16)` → `()`; read
+//!   backwards it lists newest first.
+//! - `doc_names`: document path → `()` (for prefix listing).
 //! - `meta`: this node's identity.
 //!
 //! The Merkle tree and the live counts are kept in memory and rebuilt at open from the
 //! record headers (key and version only — no value is hashed), so they cannot disagree
 //! with the records after a crash.
 //!
+//! The two indexes are written without a sled transaction: under a concurrent flush a
+//! multi-tree transaction (or batch) costs ~110 µs against ~16 µs for plain inserts
+//! (measured here). Instead they are ordered so that a crash between the writes can only
+//! leave *extra* index entries, never miss one: new entries are inserted before the
+//! record, old ones removed after it (sled recovers a prefix of its log). Readers check
+//! every index entry against the record it names and skip stale ones.
+//!
 //! Locking: one `std::sync::Mutex` serialises applies. Its critical section is a read and
-//! a sled transaction (microseconds, no `.await`, no network), which is what makes every
-//! read-modify-write atomic and the transaction conflict-free. Reads do not take it.
+//! a few sled inserts (microseconds, no `.await`, no network), which is what makes every
+//! read-modify-write atomic. Reads do not take it.
 
 mod commit;
 
@@ -22,7 +29,6 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use sled::Transactional;
 use uuid::Uuid;
 
 use crate::codec::{self, CodecError};
@@ -181,8 +187,8 @@ impl Store {
     /// The only mutation. Under the write lock: reads the current record, asks `decide`
     /// for a candidate (or a refusal), and stores the candidate if it supersedes the
     /// current record. Every mutation does, atomically:
-    /// 1. write the record (sled transaction, together with the todo and document
-    ///    indexes);
+    /// 1. insert the new index entries, write the record, remove the old index entries
+    ///    (in that order: see the module doc);
     /// 2. XOR the old entry out of and the new one into the Merkle tree;
     /// 3. update the live counts;
     /// 4. take a sequence number for [`Store::wait_durable`].
@@ -212,18 +218,13 @@ impl Store {
         }
         let index = IndexChange::new(key, current.as_ref(), &candidate)?;
         let encoded = codec::encode_record(&candidate);
-        (&inner.records, &inner.todo_order, &inner.doc_names)
-            .transaction(|(records, todo_order, doc_names)| {
-                records.insert(stored_key.as_slice(), encoded.as_slice())?;
-                index.write(todo_order, doc_names)?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(error) => StoreError::Sled(error),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Sled(
-                    sled::Error::ReportableBug("a transaction that never aborts aborted".into()),
-                ),
-            })?;
+        index.insert_new(&inner.todo_order, &inner.doc_names).map_err(StoreError::from)?;
+        inner.records.insert(stored_key.as_slice(), encoded).map_err(StoreError::from)?;
+        // The record is written: from here on the tree and counts must follow it, so a
+        // failure to drop an old index entry only leaves a stale entry readers skip.
+        if let Err(error) = index.remove_old(&inner.todo_order, &inner.doc_names) {
+            tracing::warn!(%key, %error, "could not remove a stale index entry");
+        }
 
         if let Some(current) = &current {
             state.merkle.toggle(segment, &entry_of(&key_bytes, current));
@@ -250,26 +251,43 @@ impl Store {
         self.lock_write().counts
     }
 
-    /// Live todo ids, newest first, starting after `after`.
+    /// Live todos, newest first, starting after `after`: each with its index position and
+    /// record. Stale index entries (left by a crash mid-apply) are skipped.
     pub fn todos_newest_first(
         &self,
         after: Option<TodoCursor>,
-    ) -> impl Iterator<Item = Result<(TodoCursor, Uuid), StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<(TodoCursor, Uuid, Record), StoreError>> + '_ {
         let range = match after {
             Some(cursor) => self.inner.todo_order.range(..cursor.to_vec()),
             None => self.inner.todo_order.range::<Vec<u8>, _>(..),
         };
-        range.rev().map(|entry| {
-            let (index_key, _) = entry?;
-            let cursor: TodoCursor =
-                index_key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta("todo_order"))?;
-            let id = Uuid::from_slice(&cursor[8..])
-                .map_err(|_| StoreError::CorruptMeta("todo_order"))?;
-            Ok((cursor, id))
-        })
+        range.rev().filter_map(move |entry| self.todo_at(entry).transpose())
     }
 
-    /// Live document paths starting with `prefix`, in byte order, after `after`.
+    fn todo_at(
+        &self,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<Option<(TodoCursor, Uuid, Record)>, StoreError> {
+        let (index_key, _) = entry?;
+        let cursor: TodoCursor =
+            index_key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+        let id =
+            Uuid::from_slice(&cursor[8..]).map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+        let Some(record) = self.get(&Key::Todo(id))? else { return Ok(None) };
+        let created_at = record
+            .live_bytes()
+            .and_then(|bytes| StoredTodo::decode(bytes).ok())
+            .map(|t| t.created_at);
+        if created_at.map(u64::to_be_bytes).as_ref()
+            != Some(&cursor[..8].try_into().unwrap_or_default())
+        {
+            return Ok(None);
+        }
+        Ok(Some((cursor, id, record)))
+    }
+
+    /// Document paths starting with `prefix`, in byte order, after `after`. May name
+    /// documents that are deleted by now: check the record.
     pub fn doc_paths(
         &self,
         prefix: &str,
@@ -308,8 +326,9 @@ impl Store {
     }
 
     fn lock_write(&self) -> MutexGuard<'_, WriteState> {
-        // A panic while holding the lock happens before the sled transaction or after it
-        // completed, so the state is still consistent: keep serving.
+        // A panic while holding the lock leaves at worst extra index entries (which readers
+        // skip) and a Merkle tree one apply behind the records until the next open; keep
+        // serving rather than refuse every write.
         self.inner.write.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -320,7 +339,7 @@ impl Drop for Inner {
     }
 }
 
-/// The index entries an apply adds and removes, computed before the transaction.
+/// The index entries an apply adds and removes, computed before anything is written.
 struct IndexChange {
     todo_remove: Option<Vec<u8>>,
     todo_insert: Option<Vec<u8>>,
@@ -363,22 +382,24 @@ impl IndexChange {
         Ok(change)
     }
 
-    fn write(
-        &self,
-        todo_order: &sled::transaction::TransactionalTree,
-        doc_names: &sled::transaction::TransactionalTree,
-    ) -> sled::transaction::ConflictableTransactionResult<(), ()> {
-        if let Some(old) = &self.todo_remove {
-            todo_order.remove(old.as_slice())?;
-        }
+    fn insert_new(&self, todo_order: &sled::Tree, doc_names: &sled::Tree) -> sled::Result<()> {
         if let Some(new) = &self.todo_insert {
             todo_order.insert(new.as_slice(), &[])?;
         }
-        if let Some(old) = &self.doc_remove {
-            doc_names.remove(old.as_slice())?;
-        }
         if let Some(new) = &self.doc_insert {
             doc_names.insert(new.as_slice(), &[])?;
+        }
+        Ok(())
+    }
+
+    fn remove_old(&self, todo_order: &sled::Tree, doc_names: &sled::Tree) -> sled::Result<()> {
+        if let Some(old) = &self.todo_remove {
+            if self.todo_insert.as_ref() != Some(old) {
+                todo_order.remove(old.as_slice())?;
+            }
+        }
+        if let Some(old) = &self.doc_remove {
+            doc_names.remove(old.as_slice())?;
         }
         Ok(())
     }
