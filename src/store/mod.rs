@@ -243,6 +243,26 @@ impl Store {
         self.inner.committer.wait_durable(seq).await
     }
 
+    /// The hashes of the children of the Merkle node at `level` (0 = root) and `index`,
+    /// or `None` when that node is a leaf or does not exist.
+    pub fn merkle_children(&self, level: usize, index: usize) -> Option<Vec<Hash>> {
+        let state = self.lock_write();
+        (level < merkle::DEPTH && state.merkle.node(level, index).is_some())
+            .then(|| state.merkle.children(level, index).to_vec())
+    }
+
+    /// Every record (tombstones included) whose key falls in Merkle leaf `segment`.
+    pub fn records_in_segment(&self, segment: u16) -> Result<Vec<(Key, Record)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.records.scan_prefix(segment.to_be_bytes()) {
+            let (stored_key, bytes) = entry?;
+            let key_bytes = &stored_key[2..];
+            let key = Key::from_bytes(key_bytes).map_err(|_| StoreError::CorruptMeta("records"))?;
+            out.push((key, decode(key_bytes, &bytes)?));
+        }
+        Ok(out)
+    }
+
     pub fn merkle_root(&self) -> Hash {
         self.lock_write().merkle.root()
     }

@@ -190,3 +190,31 @@ proptest! {
         prop_assert_eq!(store.counts().docs, live);
     }
 }
+
+#[test]
+fn a_leaf_lists_exactly_its_records_and_children_xor_to_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let keys: Vec<Key> = (0..300).map(|n| doc(&format!("k{n}"))).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let value = if n % 3 == 0 { None } else { Some(&b"1"[..]) };
+        store.apply(key, record(n as u64 + 1, 1, 1, value)).unwrap();
+    }
+    let mut listed = 0;
+    for key in &keys {
+        let segment = merkle::segment_of(&key.to_bytes());
+        let in_leaf = store.records_in_segment(segment).unwrap();
+        assert!(in_leaf.iter().any(|(k, _)| k == key));
+        assert!(in_leaf.iter().all(|(k, _)| merkle::segment_of(&k.to_bytes()) == segment));
+        listed += 1;
+    }
+    assert_eq!(listed, 300);
+    let children = store.merkle_children(0, 0).unwrap();
+    let xor = children.iter().fold([0u8; 32], |mut acc, child| {
+        acc.iter_mut().zip(child).for_each(|(a, c)| *a ^= c);
+        acc
+    });
+    assert_eq!(xor, store.merkle_root());
+    assert!(store.merkle_children(merkle::DEPTH, 0).is_none());
+    assert!(store.merkle_children(1, 16).is_none());
+}
