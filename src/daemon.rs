@@ -10,12 +10,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::mpsc;
+
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
 use crate::http::{self, AppState, NodeInfo};
 use crate::model::Origin;
+use crate::peer::{cluster_token, Faults, PeerClient};
 use crate::service::{Readiness, ReadyState, Services};
 use crate::store::{Store, StoreError};
+use crate::{gossip, sync};
 
 /// How long shutdown waits for in-flight requests before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -36,13 +41,18 @@ pub enum DaemonError {
 #[derive(Clone)]
 pub struct Options {
     pub physical_clock: Arc<dyn PhysicalClock>,
+    /// Links cut by a test (empty in production).
+    pub faults: Faults,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { physical_clock: Arc::new(SystemClock) }
+        Options { physical_clock: Arc::new(SystemClock), faults: Faults::default() }
     }
 }
+
+/// Push queue length: writes beyond it are left to anti-entropy.
+const OUTBOX: usize = 4096;
 
 /// A running node. Dropping it without [`Node::shutdown`] leaves its tasks running.
 pub struct Node {
@@ -50,6 +60,8 @@ pub struct Node {
     identity: Origin,
     services: Services,
     store: Store,
+    cluster: Cluster,
+    peer: PeerClient,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -84,23 +96,54 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     ));
     clock.observe(store.highest_ts_at_open());
 
+    let standalone = config.seeds.is_empty();
     let readiness = Readiness::new(ReadyState {
-        ready: true,
-        standalone: true,
-        reason: "standalone node".into(),
+        ready: standalone,
+        standalone,
+        reason: if standalone {
+            "no seeds configured".into()
+        } else {
+            "joining the cluster".into()
+        },
     });
-    let services = Services::new(store.clone(), clock, readiness);
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+    let services = Services::new(store.clone(), clock, readiness.clone(), Some(outbox));
     let name = config
         .node_name
         .clone()
         .unwrap_or_else(|| format!("node-{}", &identity.node.to_string()[..8]));
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let me = Member {
+        id: identity.node.0,
+        name: name.clone(),
+        addr: advertised.clone(),
+        joined_at: identity.joined_at,
+        heartbeat: 0,
+        state: MemberState::Alive,
+    };
+    let suspect_after_ms = (config.gossip_interval.as_millis() as u64 * 5).max(1_000);
+    let timeouts = Timeouts {
+        suspect_after_ms,
+        dead_after_ms: suspect_after_ms * 3,
+        forget_after_ms: suspect_after_ms * 60,
+    };
+    let cluster = Cluster::new(me, timeouts, options.physical_clock.clone());
+    let peer = PeerClient::new(config.cluster_key.as_ref(), options.faults.clone());
+    if config.cluster_key.is_none() && !standalone {
+        tracing::warn!("no cluster.key configured: anyone who can reach this port can join the cluster and read its data");
+    }
     let node_info = NodeInfo {
         id: identity.node,
         name: name.clone(),
-        addr: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        addr: advertised,
         joined_at: identity.joined_at,
     };
-    let state = AppState { services: services.clone(), node: Arc::new(node_info) };
+    let state = AppState {
+        services: services.clone(),
+        node: Arc::new(node_info),
+        cluster: cluster.clone(),
+        cluster_token: config.cluster_key.as_ref().map(cluster_token),
+    };
     let app = http::router(state, config.max_body_bytes);
 
     let shutdown = CancellationToken::new();
@@ -114,12 +157,38 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
             tracing::error!(%error, "http server failed");
         }
     });
-    tasks.close();
-    if config.seeds.is_empty() {
+    tasks.spawn(gossip::gossip_loop(
+        cluster.clone(),
+        peer.clone(),
+        config.seeds.clone(),
+        readiness.clone(),
+        config.gossip_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(sync::anti_entropy_loop(
+        cluster.clone(),
+        peer.clone(),
+        services.replica.clone(),
+        config.sync_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(sync::push_loop(cluster.clone(), peer.clone(), outbox_rx, shutdown.clone()));
+    if standalone {
         tracing::info!("no seeds configured: running standalone");
+    } else {
+        tasks.spawn(gossip::join(
+            cluster.clone(),
+            peer.clone(),
+            services.replica.clone(),
+            config.seeds.clone(),
+            readiness,
+            config.join_timeout,
+            shutdown.clone(),
+        ));
     }
+    tasks.close();
     tracing::info!(%addr, node_id = %identity.node, node_name = %name, data_dir = %config.data_dir.display(), "kvs node listening");
-    Ok(Node { addr, identity, services, store, shutdown, tasks })
+    Ok(Node { addr, identity, services, store, cluster, peer, shutdown, tasks })
 }
 
 impl Node {
@@ -136,9 +205,28 @@ impl Node {
         &self.services
     }
 
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Stops every task without a farewell or a flush: what a crash looks like to peers
+    /// (the store still closes cleanly so a test can reopen it).
+    pub async fn crash(self) -> Result<(), DaemonError> {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await;
+        drop(self.services);
+        drop(self.cluster);
+        let store = self.store;
+        while store.handle_count() > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to [`SHUTDOWN_GRACE`]),
     /// then flushes and closes the store.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
+        gossip::farewell(&self.cluster, &self.peer, Duration::from_secs(1)).await;
         self.shutdown.cancel();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
             tracing::warn!(
@@ -146,6 +234,7 @@ impl Node {
             );
         }
         drop(self.services);
+        drop(self.cluster);
         let store = self.store;
         // Connection tasks drop their router (and its store handles) just after the
         // server reports done; wait for them so the database lock is free on return.

@@ -14,13 +14,17 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod gossip;
 pub mod http;
 pub mod merkle;
 pub mod model;
+pub mod peer;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod wire;

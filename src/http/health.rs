@@ -83,13 +83,24 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let readiness = state.services.readiness.current();
     let data = state.services.status();
     let node = &state.node;
-    let me = Member {
-        id: node.id.to_string(),
-        name: node.name.clone(),
-        addr: node.addr.clone(),
-        state: "alive",
-        joined_at: rfc3339(node.joined_at),
-    };
+    let members = state
+        .cluster
+        .members()
+        .into_iter()
+        .map(|member| Member {
+            id: member.id.hyphenated().to_string(),
+            name: member.name,
+            addr: member.addr,
+            state: member.state.as_str(),
+            joined_at: rfc3339(member.joined_at),
+        })
+        .collect();
+    let last_sync = state
+        .cluster
+        .last_sync()
+        .into_iter()
+        .map(|(peer, ms)| (peer.hyphenated().to_string(), rfc3339(ms)))
+        .collect();
     Json(Info {
         node_id: node.id.to_string(),
         node_name: node.name.clone(),
@@ -98,8 +109,8 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         merkle_root: merkle::hex(&data.merkle_root),
         todo_count: data.counts.todos,
         key_count: data.counts.todos + data.counts.docs,
-        members: vec![me],
-        last_sync: BTreeMap::new(),
+        members,
+        last_sync,
         skewed_timestamps: data.skewed_observations,
     })
 }

@@ -4,6 +4,7 @@
 mod docs;
 mod extract;
 mod health;
+mod internal;
 mod problem;
 mod todos;
 
@@ -12,13 +13,14 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::cluster::Cluster;
 use crate::model::{NodeId, Version};
 use crate::service::Services;
 pub use problem::ApiError;
@@ -36,6 +38,9 @@ pub struct NodeInfo {
 pub struct AppState {
     pub services: Services,
     pub node: Arc<NodeInfo>,
+    pub cluster: Cluster,
+    /// Peers must present this on `/internal/` (None: no key configured).
+    pub cluster_token: Option<blake3::Hash>,
 }
 
 /// A version as the API shows it.
@@ -92,6 +97,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Peer batches are compressed and capped again when inflated (see `wire.rs`).
+const INTERNAL_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Every route. A plain function of the state, so tests can call it without a socket.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let data = Router::new()
@@ -103,11 +111,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/kv", get(docs::list))
         .route("/kv/{*key}", get(docs::get).put(docs::put).delete(docs::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+    let internal = Router::new()
+        .route("/internal/v1/root", get(internal::root))
+        .route("/internal/v1/nodes", post(internal::nodes))
+        .route("/internal/v1/segments", post(internal::segments))
+        .route("/internal/v1/records", post(internal::records))
+        .route("/internal/v1/gossip", post(internal::gossip))
+        .route_layer(middleware::from_fn_with_state(state.clone(), internal::authenticate))
+        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
     let swagger = SwaggerUi::new("/docs")
         .url("/openapi.json", openapi())
         .config(utoipa_swagger_ui::Config::default().validator_url("none"));
     Router::new()
         .merge(data)
+        .merge(internal)
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/health/info", get(health::info))

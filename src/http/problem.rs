@@ -23,6 +23,8 @@ pub enum ApiError {
     PreconditionFailed,
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
+    /// A peer request without the cluster key.
+    Unauthorized,
     /// The node has not joined and synced yet.
     NotReady,
     /// The disk is full: the write was refused and nothing changed.
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::PreconditionFailed => {
                 "the resource's current version does not match If-Match".into()
             }
+            ApiError::Unauthorized => "this route needs the cluster key".into(),
             ApiError::NotReady => {
                 "the node has not finished joining and syncing; retry shortly".into()
             }

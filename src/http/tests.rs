@@ -39,14 +39,31 @@ fn harness_with(max_body: usize) -> Harness {
     let store = Store::open(dir.path(), 1).unwrap();
     let readiness =
         Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() });
-    let services = Services::new(store.clone(), Arc::new(Hlc::new(SystemClock, 1000)), readiness);
+    let services =
+        Services::new(store.clone(), Arc::new(Hlc::new(SystemClock, 1000)), readiness, None);
     let node = NodeInfo {
         id: store.identity().node,
         name: "test".into(),
         addr: "127.0.0.1:1".into(),
         joined_at: 1,
     };
-    let app = router(AppState { services: services.clone(), node: Arc::new(node) }, max_body);
+    let me = crate::cluster::Member {
+        id: node.id.0,
+        name: node.name.clone(),
+        addr: node.addr.clone(),
+        joined_at: 1,
+        heartbeat: 0,
+        state: crate::cluster::MemberState::Alive,
+    };
+    let timeouts = crate::cluster::Timeouts {
+        suspect_after_ms: 1_000,
+        dead_after_ms: 3_000,
+        forget_after_ms: 60_000,
+    };
+    let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
+    let state =
+        AppState { services: services.clone(), node: Arc::new(node), cluster, cluster_token: None };
+    let app = router(state, max_body);
     Harness { app, services, _dir: dir }
 }
 
@@ -517,4 +534,64 @@ async fn openapi_and_offline_docs() {
     let bundle = h.call(Method::GET, "/docs/swagger-ui-bundle.js", &[], None).await;
     assert_eq!(bundle.status, StatusCode::OK);
     assert!(bundle.body.len() > 100_000);
+}
+
+#[tokio::test]
+async fn internal_routes_refuse_garbage_and_merge_good_batches() {
+    let h = harness();
+    let before = h.root();
+    let octets = [("content-type", "application/octet-stream")];
+    for (path, body) in [
+        ("/internal/v1/records", &b"\x28\xb5\x2f\xfd garbage"[..]),
+        ("/internal/v1/records", &b"not zstd at all"[..]),
+        ("/internal/v1/nodes", &b"\x01\x09\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
+        ("/internal/v1/segments", &b"\x02\x00"[..]),
+        ("/internal/v1/gossip", &b"[{\"id\":1}]"[..]),
+    ] {
+        let body = String::from_utf8_lossy(body).into_owned();
+        let reply = h.call(Method::POST, path, &octets, Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    // A batch with one invalid todo is refused whole.
+    let version = |n: u128| crate::model::Version {
+        ts: crate::model::Timestamp::from_raw(1 << 30),
+        origin: crate::model::Origin {
+            node: crate::model::NodeId(uuid::Uuid::from_u128(9)),
+            joined_at: 1,
+        },
+        uuid: uuid::Uuid::from_u128(n),
+    };
+    let good = (
+        crate::model::Key::doc("from/peer").unwrap(),
+        crate::model::Record {
+            version: version(1),
+            value: crate::model::Value::Live(b"{}".to_vec()),
+        },
+    );
+    let bad = (
+        crate::model::Key::Todo(uuid::Uuid::from_u128(5)),
+        crate::model::Record {
+            version: version(2),
+            value: crate::model::Value::Live(b"{}".to_vec()),
+        },
+    );
+    let batch = crate::wire::compress_batch(&[good.clone(), bad]);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/internal/v1/records")
+        .body(Body::from(batch))
+        .unwrap();
+    let reply = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(h.root(), before, "a refused batch changed data");
+
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/internal/v1/records")
+        .body(Body::from(crate::wire::compress_batch(&[good])))
+        .unwrap();
+    let reply = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    let got = h.call(Method::GET, "/kv/from/peer", &[], None).await;
+    assert_eq!((got.status, got.body.as_slice()), (StatusCode::OK, &b"{}"[..]));
 }

@@ -54,7 +54,7 @@ impl DocService {
             created = current.is_none();
             Ok(Record { version: self.writer.next_version(), value: Value::Live(json) })
         })?;
-        self.writer.durable(applied.seq).await?;
+        self.writer.commit(&key, &applied).await?;
         Ok((created, applied.record.version))
     }
 
@@ -78,7 +78,7 @@ impl DocService {
             }
             Ok(Record { version: self.writer.next_version(), value: Value::Tombstone })
         })?;
-        self.writer.durable(applied.seq).await
+        self.writer.commit(&key, &applied).await
     }
 
     /// Live documents whose path starts with `prefix`, in path order, after `after`.

@@ -2,20 +2,22 @@
 //! preconditions and conflicts are decided. Knows nothing of HTTP.
 
 mod docs;
+mod replica;
 mod todos;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::clock::Hlc;
 use crate::merkle::Hash;
 use crate::model::todo::FieldError;
-use crate::model::{Origin, Record, Version};
-use crate::store::{ApplyError, Counts, Store, StoreError};
+use crate::model::{Key, Origin, Record, Version};
+use crate::store::{Applied, ApplyError, Counts, Store, StoreError};
 
 pub use docs::{DocEntry, DocPage, DocService};
+pub use replica::{MergeReport, ReplicaService};
 pub use todos::{NewTodo, TodoPage, TodoPatch, TodoQuery, TodoService, TodoView};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +75,24 @@ pub struct Writer {
     store: Store,
     clock: Arc<Hlc>,
     origin: Origin,
+    /// Where committed local writes go to be pushed to peers (best effort: a full
+    /// queue drops them, anti-entropy repairs what is dropped).
+    outbox: Option<mpsc::Sender<(Key, Record)>>,
 }
 
 impl Writer {
-    pub fn new(store: Store, clock: Arc<Hlc>) -> Self {
+    pub fn new(store: Store, clock: Arc<Hlc>, outbox: Option<mpsc::Sender<(Key, Record)>>) -> Self {
         let origin = store.identity();
-        Writer { store, clock, origin }
+        Writer { store, clock, origin, outbox }
+    }
+
+    /// Hands a durable local write to the pusher, never blocking the client.
+    fn announce(&self, key: Key, record: Record) {
+        if let Some(outbox) = &self.outbox {
+            if outbox.try_send((key, record)).is_err() {
+                tracing::debug!("push queue full; anti-entropy will carry the write");
+            }
+        }
     }
 
     /// A version for a new local write. Call it inside `apply_with`, under the store's
@@ -87,9 +101,13 @@ impl Writer {
         Version { ts: self.clock.now(), origin: self.origin, uuid: Uuid::new_v4() }
     }
 
-    /// Waits until the write is durable.
-    async fn durable(&self, seq: u64) -> Result<(), ServiceError> {
-        Ok(self.store.wait_durable(seq).await?)
+    /// Waits until the write is durable, then hands it to the pusher.
+    async fn commit(&self, key: &Key, applied: &Applied) -> Result<(), ServiceError> {
+        self.store.wait_durable(applied.seq).await?;
+        if applied.changed {
+            self.announce(key.clone(), applied.record.clone());
+        }
+        Ok(())
     }
 }
 
@@ -138,17 +156,24 @@ impl Readiness {
 pub struct Services {
     pub todos: TodoService,
     pub docs: DocService,
+    pub replica: ReplicaService,
     pub readiness: Readiness,
     store: Store,
     clock: Arc<Hlc>,
 }
 
 impl Services {
-    pub fn new(store: Store, clock: Arc<Hlc>, readiness: Readiness) -> Self {
-        let writer = Writer::new(store.clone(), clock.clone());
+    pub fn new(
+        store: Store,
+        clock: Arc<Hlc>,
+        readiness: Readiness,
+        outbox: Option<mpsc::Sender<(Key, Record)>>,
+    ) -> Self {
+        let writer = Writer::new(store.clone(), clock.clone(), outbox);
         Services {
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
+            replica: ReplicaService::new(store.clone(), clock.clone()),
             readiness,
             store,
             clock,

@@ -78,7 +78,7 @@ impl TodoService {
             };
             Ok(Record { version, value: Value::Live(stored.encode()) })
         })?;
-        self.writer.durable(applied.seq).await?;
+        self.writer.commit(&Key::Todo(id), &applied).await?;
         view(id, applied.record).ok_or(ServiceError::NotFound)
     }
 
@@ -135,7 +135,7 @@ impl TodoService {
             stored.updated_at = version.ts.raw();
             Ok(Record { version, value: Value::Live(stored.encode()) })
         })?;
-        self.writer.durable(applied.seq).await?;
+        self.writer.commit(&Key::Todo(id), &applied).await?;
         view(id, applied.record).ok_or(ServiceError::NotFound)
     }
 
@@ -145,7 +145,7 @@ impl TodoService {
             current_todo(id, current, if_match)?;
             Ok(Record { version: self.writer.next_version(), value: Value::Tombstone })
         })?;
-        self.writer.durable(applied.seq).await
+        self.writer.commit(&Key::Todo(id), &applied).await
     }
 }
 

@@ -2,5 +2,6 @@
 
 mod api;
 mod cli;
+mod cluster;
 mod durability;
 mod support;

@@ -1,0 +1,275 @@
+//! Heartbeat gossip membership with suspicion, as a pure state machine.
+//!
+//! Every member owns a heartbeat counter that only it increases (each gossip round).
+//! Nodes exchange their whole member list; for each member the entry with the higher
+//! heartbeat wins. A member whose heartbeat has not moved for `suspect_after` becomes
+//! suspect, after `dead_after` dead, and after `forget_after` it is forgotten. A member
+//! that hears itself called suspect or dead refutes it by bumping its heartbeat. A
+//! graceful leave is a final heartbeat with state `left`.
+//!
+//! The clock (`now_ms`) and the randomness are passed in, so every rule is unit-tested.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::NodeId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// One member as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub addr: String,
+    pub joined_at: u64,
+    pub heartbeat: u64,
+    pub state: MemberState,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    pub forget_after_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    member: Member,
+    /// When this member's heartbeat last moved (our clock).
+    heard_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: NodeId,
+    timeouts: Timeouts,
+    entries: BTreeMap<uuid::Uuid, Entry>,
+}
+
+impl Membership {
+    pub fn new(me: Member, timeouts: Timeouts, now_ms: u64) -> Self {
+        let id = NodeId(me.id);
+        let mut entries = BTreeMap::new();
+        entries.insert(me.id, Entry { member: me, heard_at_ms: now_ms });
+        Membership { me: id, timeouts, entries }
+    }
+
+    pub fn me(&self) -> &Member {
+        &self.entries[&self.me.0].member
+    }
+
+    /// One gossip round: our heartbeat moves, silent members age.
+    pub fn tick(&mut self, now_ms: u64) {
+        let me = self.me.0;
+        let timeouts = self.timeouts;
+        if let Some(entry) = self.entries.get_mut(&me) {
+            if entry.member.state != MemberState::Left {
+                entry.member.heartbeat += 1;
+                entry.heard_at_ms = now_ms;
+            }
+        }
+        self.entries.retain(|id, entry| {
+            if *id == me {
+                return true;
+            }
+            let silent = now_ms.saturating_sub(entry.heard_at_ms);
+            let member = &mut entry.member;
+            match member.state {
+                MemberState::Alive if silent > timeouts.suspect_after_ms => {
+                    member.state = MemberState::Suspect
+                }
+                MemberState::Suspect if silent > timeouts.dead_after_ms => {
+                    member.state = MemberState::Dead
+                }
+                _ => {}
+            }
+            let gone = matches!(member.state, MemberState::Dead | MemberState::Left);
+            !(gone && silent > timeouts.forget_after_ms)
+        });
+    }
+
+    /// Merges a peer's member list into ours.
+    pub fn merge(&mut self, remote: Vec<Member>, now_ms: u64) {
+        for member in remote {
+            if member.id == self.me.0 {
+                self.refute(&member);
+                continue;
+            }
+            match self.entries.get_mut(&member.id) {
+                Some(entry) if member.heartbeat <= entry.member.heartbeat => {
+                    // Old news; but a peer that saw the member leave is believed.
+                    if member.state == MemberState::Left
+                        && member.heartbeat == entry.member.heartbeat
+                    {
+                        entry.member.state = MemberState::Left;
+                    }
+                }
+                Some(entry) => {
+                    let state = if member.state == MemberState::Left {
+                        MemberState::Left
+                    } else {
+                        MemberState::Alive
+                    };
+                    entry.member = Member { state, ..member };
+                    entry.heard_at_ms = now_ms;
+                }
+                None => {
+                    // A member first heard of second-hand starts alive unless it left or
+                    // is dead; its own heartbeats will keep it so.
+                    let state = match member.state {
+                        MemberState::Left | MemberState::Dead => member.state,
+                        _ => MemberState::Alive,
+                    };
+                    self.entries.insert(
+                        member.id,
+                        Entry { member: Member { state, ..member }, heard_at_ms: now_ms },
+                    );
+                }
+            }
+        }
+    }
+
+    fn refute(&mut self, rumour: &Member) {
+        let entry = self.entries.get_mut(&self.me.0).expect("we are always a member");
+        if entry.member.state != MemberState::Left && rumour.heartbeat >= entry.member.heartbeat {
+            entry.member.heartbeat = rumour.heartbeat + 1;
+        }
+    }
+
+    /// Announces a graceful leave (gossip it before stopping).
+    pub fn leave(&mut self) {
+        let entry = self.entries.get_mut(&self.me.0).expect("we are always a member");
+        entry.member.heartbeat += 1;
+        entry.member.state = MemberState::Left;
+    }
+
+    /// Everyone we know, ourselves included (what we gossip and show).
+    pub fn members(&self) -> Vec<Member> {
+        self.entries.values().map(|entry| entry.member.clone()).collect()
+    }
+
+    /// Peers we may sync with and push to.
+    pub fn alive_peers(&self) -> Vec<Member> {
+        self.entries
+            .values()
+            .filter(|entry| {
+                entry.member.id != self.me.0 && entry.member.state == MemberState::Alive
+            })
+            .map(|entry| entry.member.clone())
+            .collect()
+    }
+
+    /// Picks one alive peer with `pick(n)` returning an index below `n`.
+    pub fn random_alive_peer(&self, pick: impl FnOnce(usize) -> usize) -> Option<Member> {
+        let peers = self.alive_peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let index = pick(peers.len()).min(peers.len() - 1);
+        peers.into_iter().nth(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts =
+        Timeouts { suspect_after_ms: 1_000, dead_after_ms: 3_000, forget_after_ms: 10_000 };
+
+    fn member(n: u128, heartbeat: u64) -> Member {
+        Member {
+            id: uuid::Uuid::from_u128(n),
+            name: format!("n{n}"),
+            addr: format!("127.0.0.1:{n}"),
+            joined_at: n as u64,
+            heartbeat,
+            state: MemberState::Alive,
+        }
+    }
+
+    #[test]
+    fn silent_members_become_suspect_then_dead_then_forgotten() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(2, 5)], 0);
+        ms.tick(500);
+        assert_eq!(ms.alive_peers().len(), 1);
+        ms.tick(1_500);
+        assert_eq!(ms.members()[1].state, MemberState::Suspect);
+        assert!(ms.alive_peers().is_empty());
+        // A fresh heartbeat clears the suspicion.
+        ms.merge(vec![member(2, 6)], 1_600);
+        assert_eq!(ms.members()[1].state, MemberState::Alive);
+        ms.tick(3_000);
+        ms.tick(5_000);
+        assert_eq!(ms.members()[1].state, MemberState::Dead);
+        ms.tick(12_000);
+        assert_eq!(ms.members().len(), 1);
+    }
+
+    #[test]
+    fn higher_heartbeat_wins_and_old_news_is_ignored() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(2, 5)], 0);
+        let mut moved = member(2, 4);
+        moved.addr = "elsewhere:1".into();
+        ms.merge(vec![moved], 10);
+        assert_eq!(ms.members()[1].addr, "127.0.0.1:2");
+        let mut newer = member(2, 7);
+        newer.addr = "elsewhere:1".into();
+        ms.merge(vec![newer], 10);
+        assert_eq!(ms.members()[1].addr, "elsewhere:1");
+    }
+
+    #[test]
+    fn a_rumour_of_our_death_is_refuted() {
+        let mut ms = Membership::new(member(1, 3), T, 0);
+        let mut rumour = member(1, 9);
+        rumour.state = MemberState::Dead;
+        ms.merge(vec![rumour], 0);
+        assert_eq!(ms.me().heartbeat, 10);
+        assert_eq!(ms.me().state, MemberState::Alive);
+    }
+
+    #[test]
+    fn leaving_is_final_and_spreads() {
+        let mut a = Membership::new(member(1, 0), T, 0);
+        let mut b = Membership::new(member(2, 0), T, 0);
+        b.merge(a.members(), 0);
+        a.leave();
+        b.merge(a.members(), 10);
+        assert_eq!(b.members()[0].state, MemberState::Left);
+        assert!(b.alive_peers().is_empty());
+        a.tick(20);
+        assert_eq!(a.me().state, MemberState::Left);
+    }
+
+    #[test]
+    fn random_peer_uses_the_given_pick() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        assert!(ms.random_alive_peer(|_| 0).is_none());
+        ms.merge(vec![member(2, 1), member(3, 1)], 0);
+        assert_eq!(ms.random_alive_peer(|n| n - 1).unwrap().id, uuid::Uuid::from_u128(3));
+    }
+}

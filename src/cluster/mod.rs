@@ -1,0 +1,84 @@
+//! Who is in the cluster: the membership state machine (pure) and a shared handle to it.
+
+mod membership;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub use membership::{Member, MemberState, Membership, Timeouts};
+
+use crate::clock::PhysicalClock;
+
+/// A cheap-clone handle to this node's view of the cluster. The lock is a std mutex:
+/// it is held only for in-memory updates, never across `.await`.
+#[derive(Clone)]
+pub struct Cluster {
+    state: Arc<Mutex<State>>,
+    physical: Arc<dyn PhysicalClock>,
+}
+
+struct State {
+    membership: Membership,
+    /// Peer id → ms of the last successful anti-entropy round with it.
+    last_sync: BTreeMap<uuid::Uuid, u64>,
+}
+
+impl Cluster {
+    pub fn new(me: Member, timeouts: Timeouts, physical: Arc<dyn PhysicalClock>) -> Self {
+        let membership = Membership::new(me, timeouts, physical.now_ms());
+        Cluster {
+            state: Arc::new(Mutex::new(State { membership, last_sync: BTreeMap::new() })),
+            physical,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.physical.now_ms()
+    }
+
+    /// Merges a peer's list and answers with ours.
+    pub fn on_gossip(&self, remote: Vec<Member>) -> Vec<Member> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        state.membership.merge(remote, now);
+        state.membership.members()
+    }
+
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        self.lock().membership.tick(now);
+    }
+
+    pub fn leave(&self) {
+        self.lock().membership.leave();
+    }
+
+    pub fn me(&self) -> Member {
+        self.lock().membership.me().clone()
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.lock().membership.members()
+    }
+
+    pub fn alive_peers(&self) -> Vec<Member> {
+        self.lock().membership.alive_peers()
+    }
+
+    pub fn random_alive_peer(&self) -> Option<Member> {
+        self.lock().membership.random_alive_peer(|n| rand::random_range(0..n))
+    }
+
+    pub fn record_sync(&self, peer: uuid::Uuid) {
+        let now = self.now_ms();
+        self.lock().last_sync.insert(peer, now);
+    }
+
+    pub fn last_sync(&self) -> BTreeMap<uuid::Uuid, u64> {
+        self.lock().last_sync.clone()
+    }
+}

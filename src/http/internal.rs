@@ -1,0 +1,84 @@
+//! `/internal/v1/*`: the receiver side of the peer protocol (see `wire.rs`).
+//! Authenticated by the cluster token once a key is configured.
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::peer::TOKEN_HEADER;
+use crate::wire::{self, NodesRequest};
+
+fn octets(bytes: Vec<u8>) -> Response {
+    let mut response = (StatusCode::OK, bytes).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response
+}
+
+fn bad_peer_body(what: &str, error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(%error, "rejected a peer {what}");
+    ApiError::BadRequest(format!("bad {what}: {error}"))
+}
+
+/// Refuses peers without the cluster token (when a key is configured).
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.cluster_token else { return next.run(request).await };
+    let presented = request
+        .headers()
+        .get(TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| blake3::Hash::from_hex(text).ok());
+    // blake3::Hash compares in constant time.
+    if presented.as_ref() == Some(expected) {
+        next.run(request).await
+    } else {
+        tracing::warn!(path = %request.uri().path(), "refused a peer request without the cluster key");
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+pub async fn root(State(state): State<AppState>) -> Response {
+    octets(wire::encode_root(&state.services.replica.root()))
+}
+
+pub async fn nodes(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request = NodesRequest::decode(&body).map_err(|e| bad_peer_body("node request", e))?;
+    Ok(octets(wire::encode_hashes(&state.services.replica.children(&request))))
+}
+
+pub async fn segments(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let segments = wire::decode_segments(&body).map_err(|e| bad_peer_body("segment list", e))?;
+    let replica = state.services.replica.clone();
+    let batch = tokio::task::spawn_blocking(move || {
+        replica.records_in(&segments).map(|records| wire::compress_batch(&records))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(octets(batch))
+}
+
+pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let records = wire::decompress_batch(&body).map_err(|e| bad_peer_body("record batch", e))?;
+    state.services.replica.merge(records).await.map_err(|error| match ApiError::from(error) {
+        ApiError::Validation { message, .. } => bad_peer_body("record batch", message),
+        other => other,
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn gossip(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let remote: Vec<crate::cluster::Member> =
+        serde_json::from_slice(&body).map_err(|e| bad_peer_body("member list", e))?;
+    if remote.len() > 10_000 {
+        return Err(bad_peer_body("member list", "more than 10,000 members"));
+    }
+    let ours = state.cluster.on_gossip(remote);
+    let mut response = axum::Json(ours).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}

@@ -1,0 +1,292 @@
+//! Cluster scenarios with in-process nodes on real sockets (port 0, temp dirs).
+//! Every wait polls with a deadline.
+
+use std::time::Duration;
+
+use kvs::config::Config;
+use kvs::daemon::{self, Node, Options};
+use kvs::peer::Faults;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{client, eventually};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+struct Member {
+    node: Node,
+    base: String,
+    faults: Faults,
+    dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, seeds: Vec<String>, key: Option<[u8; 32]>) -> Config {
+    let mut config = Config::from_yaml("").unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.to_owned();
+    config.seeds = seeds;
+    config.cluster_key = key;
+    config.sync_interval = Duration::from_millis(200);
+    config.gossip_interval = Duration::from_millis(50);
+    config.join_timeout = Duration::from_secs(3);
+    config
+}
+
+async fn start(seeds: Vec<String>, key: Option<[u8; 32]>) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir, seeds, key).await
+}
+
+async fn start_in(dir: tempfile::TempDir, seeds: Vec<String>, key: Option<[u8; 32]>) -> Member {
+    let faults = Faults::default();
+    let options = Options { faults: faults.clone(), ..Options::default() };
+    let node = daemon::start(config(dir.path(), seeds, key), options).await.unwrap();
+    let base = format!("http://{}", node.addr());
+    Member { node, base, faults, dir }
+}
+
+async fn ready(http: &reqwest::Client, member: &Member) {
+    let url = format!("{}/health/ready", member.base);
+    eventually("node ready", CONVERGE, || async {
+        let reply = http.get(&url).send().await.ok()?;
+        (reply.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+async fn info(http: &reqwest::Client, member: &Member) -> Value {
+    http.get(format!("{}/health/info", member.base)).send().await.unwrap().json().await.unwrap()
+}
+
+async fn converged(http: &reqwest::Client, members: &[&Member]) {
+    eventually("equal Merkle roots", CONVERGE, || async {
+        let mut roots = Vec::new();
+        for member in members {
+            roots.push(info(http, member).await["merkle_root"].clone());
+        }
+        roots.windows(2).all(|pair| pair[0] == pair[1]).then_some(())
+    })
+    .await;
+}
+
+async fn todo_on(http: &reqwest::Client, member: &Member, id: &str) -> Option<Value> {
+    let reply = http.get(format!("{}/todos/{id}", member.base)).send().await.ok()?;
+    if reply.status() == StatusCode::OK {
+        reply.json().await.ok()
+    } else {
+        None
+    }
+}
+
+async fn three_nodes() -> (reqwest::Client, Member, Member, Member) {
+    let http = client();
+    let a = start(vec![], None).await;
+    let seed = a.node.addr().to_string();
+    let b = start(vec![seed.clone()], None).await;
+    let c = start(vec![seed], None).await;
+    for member in [&a, &b, &c] {
+        ready(&http, member).await;
+    }
+    eventually("everyone sees two alive peers", CONVERGE, || async {
+        for member in [&a, &b, &c] {
+            if member.node.cluster().alive_peers().len() != 2 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    (http, a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_delete_replicate_across_three_nodes() {
+    let (http, a, b, c) = three_nodes().await;
+    let created: Value = http
+        .post(format!("{}/todos", a.base))
+        .json(&json!({"todo": "replicate me", "extern_id": "rep"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for member in [&b, &c] {
+        let seen = eventually("the create", CONVERGE, || todo_on(&http, member, &id)).await;
+        assert_eq!(seen, created);
+    }
+    let updated: Value = http
+        .patch(format!("{}/todos/{id}", b.base))
+        .json(&json!({"completed": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for member in [&a, &c] {
+        eventually("the update", CONVERGE, || async {
+            todo_on(&http, member, &id).await.filter(|t| *t == updated)
+        })
+        .await;
+    }
+    let deleted = http.delete(format!("{}/todos/{id}", c.base)).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    for member in [&a, &b] {
+        eventually("the delete", CONVERGE, || async {
+            todo_on(&http, member, &id).await.is_none().then_some(())
+        })
+        .await;
+    }
+    converged(&http, &[&a, &b, &c]).await;
+    let info_a = info(&http, &a).await;
+    assert_eq!(info_a["cluster_mode"], json!("cluster"));
+    assert_eq!(info_a["members"].as_array().unwrap().len(), 3);
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_writes_on_both_sides_heals_to_equal_roots() {
+    let (http, a, b, c) = three_nodes().await;
+    let (addr_a, addr_b, addr_c) =
+        (a.node.addr().to_string(), b.node.addr().to_string(), c.node.addr().to_string());
+    a.faults.cut(&addr_b);
+    a.faults.cut(&addr_c);
+    b.faults.cut(&addr_a);
+    c.faults.cut(&addr_a);
+    for n in 0..20 {
+        let body = json!({"todo": format!("left {n}"), "extern_id": format!("left-{n}")});
+        assert!(http
+            .post(format!("{}/todos", a.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        let body = json!({"todo": format!("right {n}"), "extern_id": format!("right-{n}")});
+        assert!(http
+            .post(format!("{}/todos", b.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    // The same document written on both sides: the later write must win everywhere.
+    for (member, value) in [(&a, "1"), (&c, "2")] {
+        let reply = http
+            .put(format!("{}/kv/contested", member.base))
+            .header("content-type", "application/json")
+            .body(value)
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success());
+    }
+    assert_ne!(info(&http, &a).await["merkle_root"], info(&http, &b).await["merkle_root"]);
+    for member in [&a, &b, &c] {
+        member.faults.heal();
+    }
+    converged(&http, &[&a, &b, &c]).await;
+    for member in [&a, &b, &c] {
+        assert_eq!(info(&http, member).await["todo_count"], json!(40));
+        let body = http
+            .get(format!("{}/kv/contested", member.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "2");
+    }
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_bootstraps_over_10000_records_before_it_is_ready() {
+    let http = client();
+    let a = start(vec![], None).await;
+    let docs = &a.node.services().docs;
+    for n in 0..10_500 {
+        docs.put(&format!("bulk/{n:05}"), format!("{{\"n\":{n}}}").into_bytes(), None)
+            .await
+            .unwrap();
+    }
+    let late = start(vec![a.node.addr().to_string()], None).await;
+    // Not ready (and data routes refused) until the first sync finished; then complete.
+    ready(&http, &late).await;
+    let info_late = info(&http, &late).await;
+    assert_eq!(info_late["key_count"], json!(10_500));
+    assert_eq!(info_late["merkle_root"], info(&http, &a).await["merkle_root"]);
+    let doc = http.get(format!("{}/kv/bulk/04242", late.base)).send().await.unwrap();
+    assert_eq!(doc.text().await.unwrap(), "{\"n\":4242}");
+    for member in [a, late] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_catches_up_and_deletes_stay_deleted() {
+    let (http, a, b, c) = three_nodes().await;
+    let body = json!({"todo": "doomed", "extern_id": "doomed"});
+    let doomed: Value = http
+        .post(format!("{}/todos", a.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = doomed["id"].as_str().unwrap().to_owned();
+    converged(&http, &[&a, &b, &c]).await;
+
+    let dir = c.dir;
+    c.node.crash().await.unwrap();
+    assert_eq!(
+        http.delete(format!("{}/todos/{id}", a.base)).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    for n in 0..50 {
+        let body = json!({"todo": format!("while away {n}")});
+        http.post(format!("{}/todos", b.base)).json(&body).send().await.unwrap();
+    }
+    let c = start_in(dir, vec![a.node.addr().to_string()], None).await;
+    ready(&http, &c).await;
+    converged(&http, &[&a, &b, &c]).await;
+    assert!(todo_on(&http, &c, &id).await.is_none(), "the delete made while c was down came back");
+    assert_eq!(info(&http, &c).await["todo_count"], json!(50));
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_cluster_key_is_refused() {
+    let http = client();
+    let key = [7u8; 32];
+    let a = start(vec![], Some(key)).await;
+    let stranger = start(vec![a.node.addr().to_string()], Some([8u8; 32])).await;
+    let keyless = start(vec![a.node.addr().to_string()], None).await;
+    for member in [&stranger, &keyless] {
+        ready(&http, member).await; // standalone after join_timeout
+        assert_eq!(info(&http, member).await["cluster_mode"], json!("standalone"));
+    }
+    assert!(a.node.cluster().alive_peers().is_empty());
+    let raw = http.get(format!("{}/internal/v1/root", a.base)).send().await.unwrap();
+    assert_eq!(raw.status(), StatusCode::UNAUTHORIZED);
+    let friend = start(vec![a.node.addr().to_string()], Some(key)).await;
+    ready(&http, &friend).await;
+    assert_eq!(info(&http, &friend).await["cluster_mode"], json!("cluster"));
+    for member in [a, stranger, keyless, friend] {
+        member.node.shutdown().await.unwrap();
+    }
+}
