@@ -53,6 +53,18 @@ impl PhysicalClock for ManualClock {
     }
 }
 
+/// The wall clock shifted by a fixed offset: a node whose clock is wrong (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct SkewedClock {
+    pub offset_ms: i64,
+}
+
+impl PhysicalClock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.offset_ms)
+    }
+}
+
 impl<C: PhysicalClock + ?Sized> PhysicalClock for Arc<C> {
     fn now_ms(&self) -> u64 {
         (**self).now_ms()

@@ -38,8 +38,17 @@ async fn start(seeds: Vec<String>, key: Option<[u8; 32]>) -> Member {
 }
 
 async fn start_in(dir: tempfile::TempDir, seeds: Vec<String>, key: Option<[u8; 32]>) -> Member {
+    start_with(dir, seeds, key, Options::default()).await
+}
+
+async fn start_with(
+    dir: tempfile::TempDir,
+    seeds: Vec<String>,
+    key: Option<[u8; 32]>,
+    options: Options,
+) -> Member {
     let faults = Faults::default();
-    let options = Options { faults: faults.clone(), ..Options::default() };
+    let options = Options { faults: faults.clone(), ..options };
     let node = daemon::start(config(dir.path(), seeds, key), options).await.unwrap();
     let base = format!("http://{}", node.addr());
     Member { node, base, faults, dir }
@@ -287,6 +296,71 @@ async fn a_peer_without_the_cluster_key_is_refused() {
     ready(&http, &friend).await;
     assert_eq!(info(&http, &friend).await["cluster_mode"], json!("cluster"));
     for member in [a, stranger, keyless, friend] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+/// The rule's order over versions as the API shows them: ts, then the older node, then
+/// the greater uuid.
+fn order_key(version: &Value) -> (u64, u16, std::cmp::Reverse<u64>, uuid::Uuid) {
+    let (ms, counter) = version["ts"].as_str().unwrap().split_once(':').unwrap();
+    (
+        ms.parse().unwrap(),
+        counter.parse().unwrap(),
+        std::cmp::Reverse(version["node_joined_at"].as_u64().unwrap()),
+        uuid::Uuid::parse_str(version["uuid"].as_str().unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_on_skewed_nodes_converge_to_the_winner_the_order_names() {
+    let http = client();
+    let skewed = |offset_ms| Options {
+        physical_clock: std::sync::Arc::new(kvs::clock::SkewedClock { offset_ms }),
+        ..Options::default()
+    };
+    let a = start_with(tempfile::tempdir().unwrap(), vec![], None, skewed(500)).await;
+    let seed = vec![a.node.addr().to_string()];
+    let b = start_with(tempfile::tempdir().unwrap(), seed, None, skewed(-500)).await;
+    ready(&http, &b).await;
+    let created: Value = http
+        .post(format!("{}/todos", a.base))
+        .json(&json!({"todo": "contested", "extern_id": "contested"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    eventually("the create on b", CONVERGE, || todo_on(&http, &b, &id)).await;
+
+    for round in 0..5 {
+        a.faults.cut(&b.node.addr().to_string());
+        b.faults.cut(&a.node.addr().to_string());
+        let mut versions = Vec::new();
+        for (member, text) in [(&a, format!("a{round}")), (&b, format!("b{round}"))] {
+            let reply: Value = http
+                .patch(format!("{}/todos/{id}", member.base))
+                .json(&json!({"todo": text}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            versions.push(reply);
+        }
+        let winner =
+            versions.iter().max_by_key(|todo| order_key(&todo["version"])).unwrap().clone();
+        a.faults.heal();
+        b.faults.heal();
+        converged(&http, &[&a, &b]).await;
+        for member in [&a, &b] {
+            assert_eq!(todo_on(&http, member, &id).await.unwrap(), winner, "round {round}");
+        }
+    }
+    for member in [a, b] {
         member.node.shutdown().await.unwrap();
     }
 }
