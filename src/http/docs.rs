@@ -9,10 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{if_match, if_none_match_hits, PathParam, Query, RawJson};
 use super::problem::{ApiError, Problem};
-use super::{AppState, VersionBody};
-
-pub const DEFAULT_LIMIT: usize = 100;
-pub const MAX_LIMIT: usize = 1000;
+use super::{page_limit, with_etag, AppState, VersionBody};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocVersion {
@@ -37,13 +34,6 @@ pub struct ListDocs {
     pub limit: Option<i64>,
     /// The key the page starts after (`next_cursor` of the previous page).
     pub cursor: Option<String>,
-}
-
-fn with_etag(mut response: Response, etag: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(etag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
 }
 
 /// Store a JSON document (any JSON value).
@@ -136,16 +126,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListDocs>,
 ) -> Result<Response, ApiError> {
-    let limit = match params.limit {
-        None => DEFAULT_LIMIT,
-        Some(limit) if (1..=MAX_LIMIT as i64).contains(&limit) => limit as usize,
-        Some(limit) => {
-            return Err(ApiError::Validation {
-                field: "limit",
-                message: format!("must be 1 to {MAX_LIMIT}, got {limit}"),
-            })
-        }
-    };
+    let limit = page_limit(params.limit)?;
     let prefix = params.prefix.unwrap_or_default();
     let page = state.services.docs.list(&prefix, limit, params.cursor.as_deref())?;
     let keys = page

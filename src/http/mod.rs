@@ -66,6 +66,30 @@ impl From<&Version> for VersionBody {
     }
 }
 
+/// Page size of a listing when the client names none, and the most it may ask for.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// Validates a `limit` query parameter (absent → [`DEFAULT_LIMIT`]).
+fn page_limit(limit: Option<i64>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(limit) if (1..=MAX_LIMIT as i64).contains(&limit) => Ok(limit as usize),
+        Some(limit) => Err(ApiError::Validation {
+            field: "limit",
+            message: format!("must be 1 to {MAX_LIMIT}, got {limit}"),
+        }),
+    }
+}
+
+/// Adds the `ETag` header.
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(etag) {
+        response.headers_mut().insert(axum::http::header::ETAG, value);
+    }
+    response
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

@@ -10,12 +10,9 @@ use uuid::Uuid;
 
 use super::extract::{if_match, if_none_match_hits, JsonBody, PathParam, Query};
 use super::problem::{ApiError, Problem};
-use super::{rfc3339, AppState, VersionBody};
+use super::{page_limit, rfc3339, with_etag, AppState, VersionBody};
 use crate::model::Timestamp;
 use crate::service::{NewTodo, TodoPatch, TodoQuery, TodoView};
-
-pub const DEFAULT_LIMIT: usize = 100;
-pub const MAX_LIMIT: usize = 1000;
 
 /// A todo as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,13 +82,6 @@ fn parse_id(text: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("todo id {text:?} is not a UUID")))
 }
 
-fn with_etag(mut response: Response, etag: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(etag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
-}
-
 /// Create a todo.
 #[utoipa::path(post, path = "/todos", tag = "todos", request_body = CreateTodo,
     responses(
@@ -130,16 +120,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListTodos>,
 ) -> Result<Response, ApiError> {
-    let limit = match params.limit {
-        None => DEFAULT_LIMIT,
-        Some(limit) if (1..=MAX_LIMIT as i64).contains(&limit) => limit as usize,
-        Some(limit) => {
-            return Err(ApiError::Validation {
-                field: "limit",
-                message: format!("must be 1 to {MAX_LIMIT}, got {limit}"),
-            })
-        }
-    };
+    let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
     let query = TodoQuery {
         completed: params.completed,
