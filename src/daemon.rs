@@ -20,7 +20,7 @@ use crate::model::Origin;
 use crate::peer::{cluster_token, Faults, PeerClient};
 use crate::service::{Readiness, ReadyState, Services};
 use crate::store::{Store, StoreError};
-use crate::{gossip, sync};
+use crate::{gc, gossip, sync};
 
 /// How long shutdown waits for in-flight requests before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -89,6 +89,9 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         |source| DaemonError::Open { dir: config.data_dir.display().to_string(), source },
     )?;
     let identity = store.identity();
+    if !config.seeds.is_empty() {
+        discard_if_stale(&store, now_ms, config.tombstone_ttl).await?;
+    }
 
     let clock = Arc::new(Hlc::new(
         options.physical_clock.clone(),
@@ -107,7 +110,8 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         },
     });
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
-    let services = Services::new(store.clone(), clock, readiness.clone(), Some(outbox));
+    let services =
+        Services::new(store.clone(), clock, readiness.clone(), Some(outbox), config.tombstone_ttl);
     let name = config
         .node_name
         .clone()
@@ -173,6 +177,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         shutdown.clone(),
     ));
     tasks.spawn(sync::push_loop(cluster.clone(), peer.clone(), outbox_rx, shutdown.clone()));
+    tasks.spawn(gc::purge_loop(services.replica.clone(), config.tombstone_ttl, shutdown.clone()));
     if standalone {
         tracing::info!("no seeds configured: running standalone");
     } else {
@@ -189,6 +194,21 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     tasks.close();
     tracing::info!(%addr, node_id = %identity.node, node_name = %name, data_dir = %config.data_dir.display(), "kvs node listening");
     Ok(Node { addr, identity, services, store, cluster, peer, shutdown, tasks })
+}
+
+/// A node away longer than the tombstone TTL may hold data whose tombstones its peers
+/// have purged; syncing it would bring deletes back. It discards its copy and
+/// bootstraps afresh (keeping its identity).
+async fn discard_if_stale(store: &Store, now_ms: u64, ttl: Duration) -> Result<(), DaemonError> {
+    let open_error = |source| DaemonError::Open { dir: "the data directory".into(), source };
+    let Some(last_contact) = store.last_contact().map_err(open_error)? else { return Ok(()) };
+    let away = Duration::from_millis(now_ms.saturating_sub(last_contact));
+    if away <= ttl {
+        return Ok(());
+    }
+    tracing::warn!(?away, tombstone_ttl = ?ttl, "away longer than tombstone_ttl: discarding the local copy and bootstrapping afresh");
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.discard_all()).await?.map_err(open_error)
 }
 
 impl Node {

@@ -75,6 +75,9 @@ pub async fn join(
             match sync::sync_round(&peer, &replica, &member.addr).await {
                 Ok(report) => {
                     cluster.record_sync(member.id);
+                    if let Err(error) = replica.note_contact() {
+                        tracing::warn!(%error, "could not record the sync time");
+                    }
                     tracing::info!(peer = %member.addr, pulled = report.pulled, "joined the cluster and synced");
                     readiness.set(ReadyState {
                         ready: true,

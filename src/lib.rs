@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod gc;
 pub mod gossip;
 pub mod http;
 pub mod merkle;

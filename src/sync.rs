@@ -118,6 +118,9 @@ pub async fn anti_entropy_loop(
         match sync_round(&peer, &replica, &member.addr).await {
             Ok(report) => {
                 cluster.record_sync(member.id);
+                if let Err(error) = replica.note_contact() {
+                    tracing::warn!(%error, "could not record the sync time");
+                }
                 if report.differing_segments > 0 {
                     tracing::debug!(peer = %member.addr, ?report, "anti-entropy repaired differences");
                 }

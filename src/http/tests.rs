@@ -39,8 +39,13 @@ fn harness_with(max_body: usize) -> Harness {
     let store = Store::open(dir.path(), 1).unwrap();
     let readiness =
         Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() });
-    let services =
-        Services::new(store.clone(), Arc::new(Hlc::new(SystemClock, 1000)), readiness, None);
+    let services = Services::new(
+        store.clone(),
+        Arc::new(Hlc::new(SystemClock, 1000)),
+        readiness,
+        None,
+        std::time::Duration::from_secs(3600),
+    );
     let node = NodeInfo {
         id: store.identity().node,
         name: "test".into(),

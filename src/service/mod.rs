@@ -168,12 +168,17 @@ impl Services {
         clock: Arc<Hlc>,
         readiness: Readiness,
         outbox: Option<mpsc::Sender<(Key, Record)>>,
+        tombstone_ttl: std::time::Duration,
     ) -> Self {
         let writer = Writer::new(store.clone(), clock.clone(), outbox);
         Services {
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
-            replica: ReplicaService::new(store.clone(), clock.clone()),
+            replica: ReplicaService::new(
+                store.clone(),
+                clock.clone(),
+                tombstone_ttl.as_millis() as u64,
+            ),
             readiness,
             store,
             clock,

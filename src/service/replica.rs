@@ -10,7 +10,7 @@ use super::ServiceError;
 use crate::clock::{Hlc, Observation};
 use crate::merkle::Hash;
 use crate::model::todo::StoredTodo;
-use crate::model::{Key, Record};
+use crate::model::{Key, Record, Timestamp};
 use crate::store::Store;
 use crate::wire::NodesRequest;
 
@@ -18,6 +18,7 @@ use crate::wire::NodesRequest;
 pub struct ReplicaService {
     store: Store,
     clock: Arc<Hlc>,
+    tombstone_ttl_ms: u64,
 }
 
 /// How an incoming batch went.
@@ -27,11 +28,29 @@ pub struct MergeReport {
     pub applied: usize,
     /// Records we already had, or that lost to ours.
     pub ignored: usize,
+    /// Tombstones older than the TTL: already purged here, so not taken back.
+    pub expired: usize,
 }
 
 impl ReplicaService {
-    pub(super) fn new(store: Store, clock: Arc<Hlc>) -> Self {
-        ReplicaService { store, clock }
+    pub(super) fn new(store: Store, clock: Arc<Hlc>, tombstone_ttl_ms: u64) -> Self {
+        ReplicaService { store, clock, tombstone_ttl_ms }
+    }
+
+    /// Tombstones written before this are expired and may be purged.
+    fn tombstone_cutoff(&self) -> Timestamp {
+        let now = self.clock.physical_ms();
+        Timestamp::from_parts(now.saturating_sub(self.tombstone_ttl_ms), 0)
+    }
+
+    /// Purges expired tombstones (at most `limit`); returns how many went.
+    pub fn purge_expired(&self, limit: usize) -> Result<usize, ServiceError> {
+        Ok(self.store.purge_tombstones(self.tombstone_cutoff(), limit)?)
+    }
+
+    /// Notes a completed sync with a peer (the "away too long" rule reads it at start).
+    pub fn note_contact(&self) -> Result<(), ServiceError> {
+        Ok(self.store.set_last_contact(self.clock.physical_ms())?)
     }
 
     pub fn root(&self) -> Hash {
@@ -66,7 +85,12 @@ impl ReplicaService {
         }
         let mut report = MergeReport::default();
         let mut last_seq = 0;
+        let cutoff = self.tombstone_cutoff();
         for (key, record) in records {
+            if !record.is_live() && record.version.ts < cutoff {
+                report.expired += 1;
+                continue;
+            }
             if let Observation::AheadBy(ms) = self.clock.observe(record.version.ts) {
                 tracing::warn!(%key, ahead_ms = ms, "merged a record from further ahead than max_clock_skew");
             }
@@ -97,5 +121,54 @@ fn validate(key: &Key, record: &Record) -> Result<(), ServiceError> {
             field: "records",
             message: format!("{key}: {reason}"),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::model::{NodeId, Origin, Value, Version};
+
+    fn tombstone(ms: u64) -> Record {
+        Record {
+            version: Version {
+                ts: Timestamp::from_parts(ms, 0),
+                origin: Origin { node: NodeId(uuid::Uuid::from_u128(2)), joined_at: 1 },
+                uuid: uuid::Uuid::from_u128(ms.into()),
+            },
+            value: Value::Tombstone,
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_tombstones_are_not_taken_back_and_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
+        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let (old, fresh) = (Key::doc("old").unwrap(), Key::doc("fresh").unwrap());
+        let report = replica
+            .merge(vec![(old.clone(), tombstone(80_000)), (fresh.clone(), tombstone(95_000))])
+            .await
+            .unwrap();
+        assert_eq!(report, MergeReport { applied: 1, ignored: 0, expired: 1 });
+        assert_eq!(store.get(&old).unwrap(), None);
+        assert!(store.get(&fresh).unwrap().is_some());
+        assert_eq!(replica.purge_expired(10).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_one_bad_record_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
+        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let mut bad = tombstone(99_000);
+        bad.value = Value::Live(b"{not json".to_vec());
+        let good = (Key::doc("good").unwrap(), tombstone(99_500));
+        let result = replica.merge(vec![good, (Key::doc("bad").unwrap(), bad)]).await;
+        assert!(matches!(result, Err(ServiceError::Invalid(_))));
+        assert_eq!(store.merkle_root(), crate::merkle::ZERO);
     }
 }

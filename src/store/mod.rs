@@ -3,10 +3,8 @@
 //! Trees:
 //! - `records`: `segment (2 bytes, BE) ‖ key bytes` → encoded record. Prefixing the
 //!   Merkle segment keeps every leaf's records contiguous for the sync layer.
-//! - `todo_order`: `created_at (8, BE; an HLC timestamp) ‖ todo id (16)` → `()`; read
-//!   backwards it lists newest first.
-//! - `doc_names`: document path → `()` (for prefix listing).
-//! - `meta`: this node's identity.
+//! - `todo_order`, `doc_names`, `tombstones`: secondary indexes (see `index.rs`).
+//! - `meta`: this node's identity and when it last synced with a peer.
 //!
 //! The Merkle tree and the live counts are kept in memory and rebuilt at open from the
 //! record headers (key and version only — no value is hashed), so they cannot disagree
@@ -24,6 +22,7 @@
 //! read-modify-write atomic. Reads do not take it.
 
 mod commit;
+mod index;
 
 use std::fs::File;
 use std::path::Path;
@@ -36,6 +35,7 @@ use crate::merkle::{self, Hash, MerkleTree};
 use crate::model::todo::StoredTodo;
 use crate::model::{Key, NodeId, Origin, Record, Timestamp};
 use commit::Committer;
+use index::{IndexChange, Indexes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,8 +106,8 @@ struct WriteState {
 struct Inner {
     db: sled::Db,
     records: sled::Tree,
-    todo_order: sled::Tree,
-    doc_names: sled::Tree,
+    indexes: Indexes,
+    meta: sled::Tree,
     identity: Origin,
     highest_ts_at_open: Timestamp,
     write: Mutex<WriteState>,
@@ -125,6 +125,7 @@ pub type TodoCursor = [u8; 24];
 
 const META_NODE_ID: &str = "node_id";
 const META_JOINED_AT: &str = "joined_at";
+const META_LAST_CONTACT: &str = "last_contact";
 
 impl Store {
     /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
@@ -137,8 +138,7 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let records = db.open_tree("records")?;
-        let todo_order = db.open_tree("todo_order")?;
-        let doc_names = db.open_tree("doc_names")?;
+        let indexes = Indexes::open(&db)?;
         let meta = db.open_tree("meta")?;
         let identity = load_or_create_identity(&db, &meta, now_ms)?;
         let (write, highest_ts_at_open) = scan(&records)?;
@@ -148,8 +148,8 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 records,
-                todo_order,
-                doc_names,
+                indexes,
+                meta,
                 identity,
                 highest_ts_at_open,
                 write: Mutex::new(write),
@@ -216,13 +216,13 @@ impl Store {
                 return Ok(Applied { changed: false, record: current.clone(), seq });
             }
         }
-        let index = IndexChange::new(key, current.as_ref(), &candidate)?;
+        let index = IndexChange::new(key, &key_bytes, current.as_ref(), &candidate)?;
         let encoded = codec::encode_record(&candidate);
-        index.insert_new(&inner.todo_order, &inner.doc_names).map_err(StoreError::from)?;
+        inner.indexes.insert_new(&index).map_err(StoreError::from)?;
         inner.records.insert(stored_key.as_slice(), encoded).map_err(StoreError::from)?;
         // The record is written: from here on the tree and counts must follow it, so a
         // failure to drop an old index entry only leaves a stale entry readers skip.
-        if let Err(error) = index.remove_old(&inner.todo_order, &inner.doc_names) {
+        if let Err(error) = inner.indexes.remove_old(&index) {
             tracing::warn!(%key, %error, "could not remove a stale index entry");
         }
 
@@ -236,6 +236,85 @@ impl Store {
         drop(state);
         inner.committer.request_flush();
         Ok(Applied { changed: true, record: candidate, seq })
+    }
+
+    /// The other mutation: removes tombstones written before `older_than` (expired by
+    /// the tombstone TTL), at most `limit` of them. Under the write lock, a tombstone is
+    /// removed only if it is still the current record; its Merkle entry goes with it.
+    /// Returns how many were purged.
+    pub fn purge_tombstones(
+        &self,
+        older_than: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let inner = &*self.inner;
+        let end = older_than.raw().to_be_bytes().to_vec();
+        let expired: Vec<sled::IVec> =
+            inner.indexes.tombstones.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
+        let mut purged = 0;
+        for entry in expired {
+            let Some((ts, key_bytes)) = index::parse_tombstone_entry(&entry) else {
+                inner.indexes.tombstones.remove(&entry)?;
+                continue;
+            };
+            let segment = merkle::segment_of(key_bytes);
+            let stored_key = record_key_in(segment, key_bytes);
+            let mut state = self.lock_write();
+            let current = match inner.records.get(&stored_key)? {
+                Some(bytes) => Some(decode(key_bytes, &bytes)?),
+                None => None,
+            };
+            match (current, Key::from_bytes(key_bytes)) {
+                (Some(record), Ok(key)) if !record.is_live() && record.version.ts.raw() == ts => {
+                    inner.records.remove(&stored_key)?;
+                    inner.indexes.remove_old(&IndexChange::removing(&key, key_bytes, &record))?;
+                    state.merkle.toggle(segment, &entry_of(key_bytes, &record));
+                    purged += 1;
+                }
+                // The key was written again since: the entry is stale.
+                _ => {
+                    inner.indexes.tombstones.remove(&entry)?;
+                }
+            }
+        }
+        if purged > 0 {
+            let _seq = inner.committer.applied();
+            inner.committer.request_flush();
+        }
+        Ok(purged)
+    }
+
+    /// Drops every record and index entry (the node's identity stays): for a node that
+    /// was away so long that its copy may hold data whose tombstones are purged.
+    pub fn discard_all(&self) -> Result<(), StoreError> {
+        let mut state = self.lock_write();
+        self.inner.records.clear()?;
+        self.inner.indexes.clear()?;
+        state.merkle = MerkleTree::new();
+        state.counts = Counts::default();
+        drop(state);
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// When this node last completed a sync with a peer (ms), if ever.
+    pub fn last_contact(&self) -> Result<Option<u64>, StoreError> {
+        match self.inner.meta.get(META_LAST_CONTACT)? {
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::CorruptMeta(META_LAST_CONTACT))?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records a completed sync (made durable by the next group flush).
+    pub fn set_last_contact(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.inner.meta.insert(META_LAST_CONTACT, &now_ms.to_be_bytes())?;
+        Ok(())
     }
 
     /// Resolves once the apply numbered `seq` (and every one before it) is on disk.
@@ -278,8 +357,8 @@ impl Store {
         after: Option<TodoCursor>,
     ) -> impl Iterator<Item = Result<(TodoCursor, Uuid, Record), StoreError>> + '_ {
         let range = match after {
-            Some(cursor) => self.inner.todo_order.range(..cursor.to_vec()),
-            None => self.inner.todo_order.range::<Vec<u8>, _>(..),
+            Some(cursor) => self.inner.indexes.todo_order.range(..cursor.to_vec()),
+            None => self.inner.indexes.todo_order.range::<Vec<u8>, _>(..),
         };
         range.rev().filter_map(move |entry| self.todo_at(entry).transpose())
     }
@@ -321,6 +400,7 @@ impl Store {
         };
         let prefix = prefix.as_bytes().to_vec();
         self.inner
+            .indexes
             .doc_names
             .range((start, std::ops::Bound::Unbounded))
             .take_while(move |entry| {
@@ -356,72 +436,6 @@ impl Store {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.committer.stop();
-    }
-}
-
-/// The index entries an apply adds and removes, computed before anything is written.
-struct IndexChange {
-    todo_remove: Option<Vec<u8>>,
-    todo_insert: Option<Vec<u8>>,
-    doc_remove: Option<Vec<u8>>,
-    doc_insert: Option<Vec<u8>>,
-}
-
-impl IndexChange {
-    fn new(key: &Key, current: Option<&Record>, candidate: &Record) -> Result<Self, StoreError> {
-        let mut change = IndexChange {
-            todo_remove: None,
-            todo_insert: None,
-            doc_remove: None,
-            doc_insert: None,
-        };
-        match key {
-            Key::Todo(id) => {
-                let order_key = |record: &Record| -> Result<Option<Vec<u8>>, StoreError> {
-                    let Some(bytes) = record.live_bytes() else { return Ok(None) };
-                    let todo = StoredTodo::decode(bytes).map_err(|reason| {
-                        StoreError::InvalidTodo { key: key.to_string(), reason }
-                    })?;
-                    let mut order = todo.created_at.to_be_bytes().to_vec();
-                    order.extend_from_slice(id.as_bytes());
-                    Ok(Some(order))
-                };
-                change.todo_insert = order_key(candidate)?;
-                // The current record was validated when it was stored.
-                change.todo_remove = current.map(order_key).transpose().ok().flatten().flatten();
-            }
-            Key::Doc(path) => {
-                let name = path.as_bytes().to_vec();
-                if candidate.is_live() {
-                    change.doc_insert = Some(name);
-                } else if current.is_some_and(Record::is_live) {
-                    change.doc_remove = Some(name);
-                }
-            }
-        }
-        Ok(change)
-    }
-
-    fn insert_new(&self, todo_order: &sled::Tree, doc_names: &sled::Tree) -> sled::Result<()> {
-        if let Some(new) = &self.todo_insert {
-            todo_order.insert(new.as_slice(), &[])?;
-        }
-        if let Some(new) = &self.doc_insert {
-            doc_names.insert(new.as_slice(), &[])?;
-        }
-        Ok(())
-    }
-
-    fn remove_old(&self, todo_order: &sled::Tree, doc_names: &sled::Tree) -> sled::Result<()> {
-        if let Some(old) = &self.todo_remove {
-            if self.todo_insert.as_ref() != Some(old) {
-                todo_order.remove(old.as_slice())?;
-            }
-        }
-        if let Some(old) = &self.doc_remove {
-            doc_names.remove(old.as_slice())?;
-        }
-        Ok(())
     }
 }
 

@@ -108,7 +108,7 @@ fn stale_index_entries_are_skipped() {
     for (created_at, id) in [(500u64, live), (400, Uuid::from_u128(2))] {
         let mut entry = created_at.to_be_bytes().to_vec();
         entry.extend_from_slice(id.as_bytes());
-        store.inner.todo_order.insert(entry, &[]).unwrap();
+        store.inner.indexes.todo_order.insert(entry, &[]).unwrap();
     }
     let listed: Vec<Uuid> = store.todos_newest_first(None).map(|e| e.unwrap().1).collect();
     assert_eq!(listed, vec![live]);
@@ -217,4 +217,51 @@ fn a_leaf_lists_exactly_its_records_and_children_xor_to_the_parent() {
     assert_eq!(xor, store.merkle_root());
     assert!(store.merkle_children(merkle::DEPTH, 0).is_none());
     assert!(store.merkle_children(1, 16).is_none());
+}
+
+#[test]
+fn purge_removes_only_expired_tombstones_and_keeps_the_tree_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    store.apply(&doc("live"), record(10, 1, 1, Some(b"1"))).unwrap();
+    store.apply(&doc("old-tomb"), record(20, 1, 1, None)).unwrap();
+    store.apply(&doc("new-tomb"), record(40, 1, 1, None)).unwrap();
+    // Deleted, then written again: its old tombstone entry is stale, the key must stay.
+    store.apply(&doc("revived"), record(5, 1, 1, None)).unwrap();
+    store.apply(&doc("revived"), record(50, 1, 1, Some(b"2"))).unwrap();
+
+    assert_eq!(store.purge_tombstones(Timestamp::from_raw(30), 100).unwrap(), 1);
+    assert_eq!(store.get(&doc("old-tomb")).unwrap(), None);
+    assert!(store.get(&doc("new-tomb")).unwrap().is_some());
+    assert!(store.get(&doc("revived")).unwrap().unwrap().is_live());
+    let remaining: Vec<Key> = ["live", "new-tomb", "revived"].iter().map(|p| doc(p)).collect();
+    let rebuilt = MerkleTree::from_entries(remaining.iter().map(|key| {
+        let bytes = key.to_bytes();
+        (merkle::segment_of(&bytes), entry_of(&bytes, &store.get(key).unwrap().unwrap()))
+    }));
+    assert_eq!(store.merkle_root(), rebuilt.root());
+    assert_eq!(store.inner.indexes.tombstones.len(), 1);
+    assert_eq!(store.purge_tombstones(Timestamp::from_raw(30), 100).unwrap(), 0);
+
+    // And the rebuilt-at-open tree agrees.
+    let root = store.merkle_root();
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(Store::open(dir.path(), 1).unwrap().merkle_root(), root);
+}
+
+#[test]
+fn discard_all_empties_the_store_but_keeps_identity_and_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let identity = store.identity();
+    store.apply(&Key::Todo(Uuid::from_u128(1)), todo_record(10, 10, "t")).unwrap();
+    store.apply(&doc("d"), record(1, 1, 1, None)).unwrap();
+    store.set_last_contact(77).unwrap();
+    store.discard_all().unwrap();
+    assert_eq!(store.merkle_root(), merkle::ZERO);
+    assert_eq!(store.counts(), Counts::default());
+    assert_eq!(store.todos_newest_first(None).count(), 0);
+    assert_eq!(store.identity(), identity);
+    assert_eq!(store.last_contact().unwrap(), Some(77));
 }

@@ -47,9 +47,14 @@ async fn start_with(
     key: Option<[u8; 32]>,
     options: Options,
 ) -> Member {
+    let config = config(dir.path(), seeds, key);
+    start_configured(dir, config, options).await
+}
+
+async fn start_configured(dir: tempfile::TempDir, config: Config, options: Options) -> Member {
     let faults = Faults::default();
     let options = Options { faults: faults.clone(), ..options };
-    let node = daemon::start(config(dir.path(), seeds, key), options).await.unwrap();
+    let node = daemon::start(config, options).await.unwrap();
     let base = format!("http://{}", node.addr());
     Member { node, base, faults, dir }
 }
@@ -273,7 +278,11 @@ async fn a_node_killed_and_restarted_catches_up_and_deletes_stay_deleted() {
     converged(&http, &[&a, &b, &c]).await;
     assert!(todo_on(&http, &c, &id).await.is_none(), "the delete made while c was down came back");
     assert_eq!(info(&http, &c).await["todo_count"], json!(50));
-    for member in [a, b, c] {
+    let d = start(vec![b.node.addr().to_string()], None).await;
+    ready(&http, &d).await;
+    converged(&http, &[&a, &b, &c, &d]).await;
+    assert!(todo_on(&http, &d, &id).await.is_none(), "a later joiner sees the deleted todo");
+    for member in [a, b, c, d] {
         member.node.shutdown().await.unwrap();
     }
 }
@@ -359,6 +368,64 @@ async fn concurrent_updates_on_skewed_nodes_converge_to_the_winner_the_order_nam
         for member in [&a, &b] {
             assert_eq!(todo_on(&http, member, &id).await.unwrap(), winner, "round {round}");
         }
+    }
+    for member in [a, b] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back() {
+    let http = client();
+    let ttl = Duration::from_secs(1);
+    let configured = |dir: &tempfile::TempDir, seeds: Vec<String>| {
+        let mut config = config(dir.path(), seeds, None);
+        config.tombstone_ttl = ttl;
+        config
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let config_a = configured(&dir_a, vec![]);
+    let a = start_configured(dir_a, config_a, Options::default()).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let config_b = configured(&dir_b, vec![a.node.addr().to_string()]);
+    let b = start_configured(dir_b, config_b.clone(), Options::default()).await;
+    ready(&http, &b).await;
+    let body = json!({"todo": "deleted while b is away", "extern_id": "ghost"});
+    let ghost: Value = http
+        .post(format!("{}/todos", a.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = ghost["id"].as_str().unwrap().to_owned();
+    eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &id)).await;
+
+    assert_eq!(b.node.services().status().counts.todos, 1);
+    let dir_b = b.dir;
+    b.node.crash().await.unwrap();
+    let away_since = std::time::Instant::now();
+    assert_eq!(
+        http.delete(format!("{}/todos/{id}", a.base)).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    eventually("a purges the expired tombstone", CONVERGE, || async {
+        let root = info(&http, &a).await["merkle_root"].as_str()?.to_owned();
+        root.bytes().all(|b| b == b'0').then_some(())
+    })
+    .await;
+    while away_since.elapsed() < ttl + Duration::from_millis(300) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let b = start_configured(dir_b, config_b, Options::default()).await;
+    ready(&http, &b).await;
+    converged(&http, &[&a, &b]).await;
+    for member in [&a, &b] {
+        assert!(todo_on(&http, member, &id).await.is_none(), "the deleted todo came back");
+        assert_eq!(info(&http, member).await["todo_count"], json!(0));
     }
     for member in [a, b] {
         member.node.shutdown().await.unwrap();

@@ -1,0 +1,33 @@
+//! The tombstone purge task.
+//!
+//! A tombstone is purged once it is older than `tombstone_ttl`. That is safe because
+//! (a) no replica takes an expired tombstone back (`ReplicaService::merge`), and (b) a
+//! node that was away longer than the TTL discards its copy before it syncs
+//! (`daemon::discard_if_stale`), so no replica can hold the data the tombstone deleted.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::service::ReplicaService;
+
+/// At most this many tombstones per pass, so one pass never holds the store for long.
+const PER_PASS: usize = 10_000;
+
+/// Runs a purge pass every tenth of the TTL (between 100 ms and a minute).
+pub async fn purge_loop(replica: ReplicaService, ttl: Duration, stop: CancellationToken) {
+    let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let replica = replica.clone();
+        match tokio::task::spawn_blocking(move || replica.purge_expired(PER_PASS)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(purged)) => tracing::info!(purged, "purged expired tombstones"),
+            Ok(Err(error)) => tracing::warn!(%error, "tombstone purge failed"),
+            Err(error) => tracing::warn!(%error, "tombstone purge task failed"),
+        }
+    }
+}
