@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Remote timestamps further ahead than this are logged [default: 1s]
     #[arg(long, env = "KVS_MAX_CLOCK_SKEW", value_name = "DURATION")]
     pub max_clock_skew: Option<String>,
+    /// Push each write to the peers at once; false leaves it to anti-entropy [default: true]
+    #[arg(long, env = "KVS_PUSH_ON_WRITE", value_name = "BOOL")]
+    pub push_on_write: Option<bool>,
     /// Largest request body accepted, in bytes [default: 1048576]
     #[arg(long, env = "KVS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,

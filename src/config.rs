@@ -31,6 +31,8 @@ pub struct Config {
     pub join_timeout: Duration,
     pub tombstone_ttl: Duration,
     pub max_clock_skew: Duration,
+    /// Push every local write to the alive peers at once (anti-entropy alone if off).
+    pub push_on_write: bool,
     pub max_body_bytes: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -84,6 +86,7 @@ struct ClusterSection {
     join_timeout: Option<String>,
     tombstone_ttl: Option<String>,
     max_clock_skew: Option<String>,
+    push_on_write: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +189,7 @@ impl Config {
                 cluster.max_clock_skew,
                 Duration::from_secs(1),
             )?,
+            push_on_write: args.push_on_write.or(cluster.push_on_write).unwrap_or(true),
             max_body_bytes,
             log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
             log_format: args.log_format.or(log_format).unwrap_or(LogFormat::Text),

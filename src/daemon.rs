@@ -110,8 +110,9 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         },
     });
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+    let outbox = config.push_on_write.then_some(outbox);
     let services =
-        Services::new(store.clone(), clock, readiness.clone(), Some(outbox), config.tombstone_ttl);
+        Services::new(store.clone(), clock, readiness.clone(), outbox, config.tombstone_ttl);
     let name = config
         .node_name
         .clone()

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# End-to-end scenarios against real kvs processes on loopback.
+#
+# Builds the release binaries, starts nodes on free ports in a temporary directory,
+# polls with deadlines (never a fixed sleep), kills only the processes it started, and
+# prints one line per scenario, then "N passed, N failed". Exit status 1 if any failed.
+# Needs: cargo, curl, python3.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvs-it.XXXXXX")
+KVS="$ROOT/target/release/kvs"
+FIXTURES="$ROOT/target/release/kvs-fixtures"
+declare -A PIDS=()   # node name -> pid (inside a scenario's subshell)
+declare -A PORTS=()  # node name -> port
+STARTED="$WORK/started.pids"   # every pid this script started, for the final cleanup
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+cleanup() {
+  local pid
+  if [ -f "$STARTED" ]; then
+    while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done < "$STARTED"
+  fi
+  if [ "${KEEP_WORK:-}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" >&2; }
+
+echo "building release binaries..." >&2
+cargo build --release --locked --quiet --workspace --bins
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# json FIELD: reads JSON on stdin, prints a top-level field (python3 does the parsing).
+json() { python3 -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print(v if not isinstance(v,(dict,list)) else json.dumps(v))' "$1"; }
+
+url() { echo "http://127.0.0.1:${PORTS[$1]}"; }
+
+# start NAME DATA_DIR [SEED_NODE...]: starts a node (reusing its port on restart).
+start() {
+  local name=$1 data=$2; shift 2
+  local port=${PORTS[$name]:-$(free_port)}
+  PORTS[$name]=$port
+  local seeds="" seed
+  for seed in "$@"; do seeds="${seeds:+$seeds,}127.0.0.1:${PORTS[$seed]}"; done
+  local args=(--listen "127.0.0.1:$port" --data-dir "$data" --node-name "$name"
+              --sync-interval 200ms --gossip-interval 100ms --join-timeout 3s)
+  [ -n "$seeds" ] && args+=(--seeds "$seeds")
+  "$KVS" "${args[@]}" > >(sed -u "s/^/[$name] /" >> "$WORK/$SCENARIO.log") 2>&1 &
+  PIDS[$name]=$!
+  echo "$!" >> "$STARTED"
+}
+
+kill9() { kill -9 "${PIDS[$1]}"; wait "${PIDS[$1]}" 2>/dev/null || true; unset "PIDS[$1]"; }
+
+stop_all() {
+  local name
+  for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
+  for name in "${!PIDS[@]}"; do wait "${PIDS[$name]}" 2>/dev/null || true; done
+  PIDS=(); PORTS=()
+}
+
+# eventually SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
+eventually() {
+  local seconds=$1 what=$2; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then log "timed out after ${seconds}s waiting for: $what"; return 1; fi
+    sleep 0.05   # the poll interval, not a wait for an outcome
+  done
+}
+
+is_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$(url "$1")/health/ready")" = 200 ]; }
+ready() { local n; for n in "$@"; do eventually 30 "$n ready" is_ready "$n"; done; }
+
+roots_equal() {
+  local first="" n root
+  for n in "$@"; do
+    root=$(curl -sf "$(url "$n")/health/info" | json merkle_root) || return 1
+    if [ -z "$first" ]; then first=$root; elif [ "$root" != "$first" ]; then return 1; fi
+  done
+}
+converged() { eventually 60 "equal Merkle roots on $*" roots_equal "$@"; }
+
+status_of() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+expect_status() { local want=$1; shift; local got; got=$(status_of "$@"); [ "$got" = "$want" ] || { log "expected $want, got $got: curl $*"; return 1; }; }
+post_todo() { curl -sf -X POST "$(url "$1")/todos" -H 'content-type: application/json' -d "$2"; }
+todo_status_is() { [ "$(status_of "$(url "$1")/todos/$2")" = "$3" ]; }
+todo_field_is() { [ "$(curl -sf "$(url "$1")/todos/$2" | json "$3")" = "$4" ]; }
+count_is() { [ "$(curl -sf "$(url "$1")/health/info" | json todo_count)" = "$2" ]; }
+
+three_nodes() {
+  start n1 "$WORK/$SCENARIO/n1"
+  ready n1
+  start n2 "$WORK/$SCENARIO/n2" n1
+  start n3 "$WORK/$SCENARIO/n3" n1
+  ready n2 n3
+}
+
+# ---------------------------------------------------------------- scenarios
+
+scenario_crud_on_every_node() {
+  three_nodes
+  local n id
+  for n in n1 n2 n3; do
+    id=$(post_todo "$n" "{\"todo\":\"crud on $n\",\"extern_id\":\"crud-$n\"}" | json id)
+    expect_status 200 "$(url "$n")/todos/$id"
+    expect_status 200 -X PATCH "$(url "$n")/todos/$id" -H 'content-type: application/json' -d '{"completed":true}'
+    todo_field_is "$n" "$id" completed True
+    expect_status 204 -X DELETE "$(url "$n")/todos/$id"
+    expect_status 404 "$(url "$n")/todos/$id"
+    expect_status 201 -X PUT "$(url "$n")/kv/crud/$n" -H 'content-type: application/json' -d '{"on":"'"$n"'"}'
+    expect_status 200 "$(url "$n")/kv/crud/$n"
+    expect_status 204 -X DELETE "$(url "$n")/kv/crud/$n"
+  done
+}
+
+scenario_replication() {
+  three_nodes
+  local id
+  id=$(post_todo n1 '{"todo":"replicate","extern_id":"replicate"}' | json id)
+  eventually 10 "create on n2" todo_status_is n2 "$id" 200
+  eventually 10 "create on n3" todo_status_is n3 "$id" 200
+  expect_status 200 -X PATCH "$(url n2)/todos/$id" -H 'content-type: application/json' -d '{"todo":"updated on n2"}'
+  eventually 10 "update on n1" todo_field_is n1 "$id" todo "updated on n2"
+  eventually 10 "update on n3" todo_field_is n3 "$id" todo "updated on n2"
+  expect_status 204 -X DELETE "$(url n3)/todos/$id"
+  eventually 10 "delete on n1" todo_status_is n1 "$id" 404
+  eventually 10 "delete on n2" todo_status_is n2 "$id" 404
+  converged n1 n2 n3
+}
+
+scenario_late_joiner_bootstraps() {
+  start n1 "$WORK/$SCENARIO/n1"
+  ready n1
+  seq 1 1200 | xargs -P 16 -I{} curl -sf -o /dev/null -X POST "$(url n1)/todos" \
+    -H 'content-type: application/json' -d '{"todo":"bulk {}","extern_id":"bulk-{}"}'
+  count_is n1 1200
+  start n2 "$WORK/$SCENARIO/n2" n1
+  ready n2
+  count_is n2 1200   # ready means synced: everything is there already
+  converged n1 n2
+}
+
+scenario_kill9_and_restart_catches_up() {
+  three_nodes
+  kill9 n2
+  local i
+  for i in $(seq 1 50); do post_todo n1 "{\"todo\":\"while n2 is down $i\"}" >/dev/null; done
+  start n2 "$WORK/$SCENARIO/n2" n1
+  ready n2
+  converged n1 n2 n3
+  count_is n2 50
+}
+
+scenario_delete_while_down_stays_deleted() {
+  three_nodes
+  local id
+  id=$(post_todo n1 '{"todo":"doomed","extern_id":"doomed"}' | json id)
+  converged n1 n2 n3
+  kill9 n3
+  expect_status 204 -X DELETE "$(url n1)/todos/$id"
+  start n3 "$WORK/$SCENARIO/n3" n1
+  ready n3
+  converged n1 n2 n3
+  todo_status_is n3 "$id" 404
+  start n4 "$WORK/$SCENARIO/n4" n2
+  ready n4
+  converged n1 n2 n3 n4
+  todo_status_is n4 "$id" 404
+}
+
+scenario_concurrent_updates_converge() {
+  three_nodes
+  local id round
+  id=$(post_todo n1 '{"todo":"contested","extern_id":"contested"}' | json id)
+  converged n1 n2 n3
+  local first second
+  for round in 1 2 3 4 5; do
+    curl -sf -o /dev/null -X PATCH "$(url n1)/todos/$id" -H 'content-type: application/json' -d "{\"todo\":\"n1 round $round\"}" &
+    first=$!
+    curl -sf -o /dev/null -X PATCH "$(url n2)/todos/$id" -H 'content-type: application/json' -d "{\"todo\":\"n2 round $round\"}" &
+    second=$!
+    wait "$first" "$second"
+  done
+  converged n1 n2 n3
+  local a b c
+  a=$(curl -sf "$(url n1)/todos/$id"); b=$(curl -sf "$(url n2)/todos/$id"); c=$(curl -sf "$(url n3)/todos/$id")
+  [ "$a" = "$b" ] && [ "$b" = "$c" ] || { log "nodes disagree: $a / $b / $c"; return 1; }
+}
+
+# Every key in expected.tsv, on node $1: the body and ETag, or 404 for a delete.
+fixture_matches() {
+  local node=$1 base path etag body headers got_etag got_body code mismatches=0
+  base=$(url "$node")
+  while IFS=$'\t' read -r path etag body; do
+    headers=$(mktemp); got_body=$(curl -s -D "$headers" "$base/kv/$path")
+    code=$(sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p' "$headers")
+    got_etag=$(tr -d '\r' < "$headers" | sed -n 's/^etag: //Ip')
+    rm -f "$headers"
+    if [ "$etag" = "-" ]; then
+      [ "$code" = 404 ] || { log "$node $path: expected deleted, got $code $got_etag"; mismatches=$((mismatches + 1)); }
+    elif [ "$code" != 200 ] || [ "$got_etag" != "$etag" ] || [ "$got_body" != "$body" ]; then
+      log "$node $path: expected $etag, got $code $got_etag"; mismatches=$((mismatches + 1))
+    fi
+  done < "$WORK/$SCENARIO/fixtures/expected.tsv"
+  [ "$mismatches" = 0 ]
+}
+
+scenario_conflict_fixtures() {
+  "$FIXTURES" --out "$WORK/$SCENARIO/fixtures" --nodes 3 --keys-per-case 40 --seed 42 >/dev/null
+  local fx="$WORK/$SCENARIO/fixtures"
+  PORTS[n1]=$(free_port); PORTS[n2]=$(free_port); PORTS[n3]=$(free_port)
+  start n1 "$fx/node-1" n2 n3
+  start n2 "$fx/node-2" n1 n3
+  start n3 "$fx/node-3" n1 n2
+  ready n1 n2 n3
+  converged n1 n2 n3
+  local n
+  for n in n1 n2 n3; do fixture_matches "$n"; done
+}
+
+# ---------------------------------------------------------------- runner
+
+run() {
+  SCENARIO=$1
+  local started=$SECONDS status
+  mkdir -p "$WORK/$SCENARIO"
+  set +e
+  # A subshell per scenario: `set -e` ends it at the first failing step, and its EXIT
+  # trap stops the nodes it started (their pids live in the subshell).
+  ( set -e; trap stop_all EXIT; "scenario_$SCENARIO" )
+  status=$?
+  set -e
+  PORTS=()
+  if [ "$status" = 0 ]; then
+    PASSED=$((PASSED + 1)); printf 'pass  %-40s %3ds\n' "$SCENARIO" $((SECONDS - started))
+  else
+    FAILED=$((FAILED + 1)); FAILED_NAMES+=("$SCENARIO")
+    printf 'FAIL  %-40s %3ds\n' "$SCENARIO" $((SECONDS - started))
+    echo "---- logs of $SCENARIO ----"; tail -n 60 "$WORK/$SCENARIO.log" 2>/dev/null || true; echo "----"
+  fi
+}
+
+SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
+           delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures)
+if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
+for s in "${SCENARIOS[@]}"; do run "$s"; done
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
