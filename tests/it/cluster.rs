@@ -431,3 +431,33 @@ async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back()
         member.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_is_shown_left_and_is_alive_again_after_it_returns() {
+    let (http, a, b, c) = three_nodes().await;
+    let b_id = b.node.identity().node.0.hyphenated().to_string();
+    let state_of = |info: &Value, id: &str| -> Option<String> {
+        info["members"].as_array()?.iter().find(|m| m["id"] == json!(id))?["state"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let dir = b.dir;
+    b.node.shutdown().await.unwrap();
+    eventually("a sees b as left", CONVERGE, || async {
+        (state_of(&info(&http, &a).await, &b_id)? == "left").then_some(())
+    })
+    .await;
+    assert!(a.node.cluster().alive_peers().iter().all(|m| m.id.hyphenated().to_string() != b_id));
+
+    let b = start_in(dir, vec![a.node.addr().to_string()], None).await;
+    ready(&http, &b).await;
+    for member in [&a, &c] {
+        eventually("b alive again", CONVERGE, || async {
+            (state_of(&info(&http, member).await, &b_id)? == "alive").then_some(())
+        })
+        .await;
+    }
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
