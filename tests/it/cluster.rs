@@ -83,6 +83,16 @@ async fn converged(http: &reqwest::Client, members: &[&Member]) {
     .await;
 }
 
+/// Sends a JSON body and returns the JSON answer.
+async fn send_json(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: impl reqwest::IntoUrl,
+    body: &Value,
+) -> Value {
+    http.request(method, url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 async fn todo_on(http: &reqwest::Client, member: &Member, id: &str) -> Option<Value> {
     let reply = http.get(format!("{}/todos/{id}", member.base)).send().await.ok()?;
     if reply.status() == StatusCode::OK {
@@ -116,29 +126,25 @@ async fn three_nodes() -> (reqwest::Client, Member, Member, Member) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_delete_replicate_across_three_nodes() {
     let (http, a, b, c) = three_nodes().await;
-    let created: Value = http
-        .post(format!("{}/todos", a.base))
-        .json(&json!({"todo": "replicate me", "extern_id": "rep"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = send_json(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/todos", a.base),
+        &json!({"todo": "replicate me", "extern_id": "rep"}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     for member in [&b, &c] {
         let seen = eventually("the create", CONVERGE, || todo_on(&http, member, &id)).await;
         assert_eq!(seen, created);
     }
-    let updated: Value = http
-        .patch(format!("{}/todos/{id}", b.base))
-        .json(&json!({"completed": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let updated: Value = send_json(
+        &http,
+        reqwest::Method::PATCH,
+        format!("{}/todos/{id}", b.base),
+        &json!({"completed": true}),
+    )
+    .await;
     for member in [&a, &c] {
         eventually("the update", CONVERGE, || async {
             todo_on(&http, member, &id).await.filter(|t| *t == updated)
@@ -251,15 +257,8 @@ async fn a_late_joiner_bootstraps_over_10000_records_before_it_is_ready() {
 async fn a_node_killed_and_restarted_catches_up_and_deletes_stay_deleted() {
     let (http, a, b, c) = three_nodes().await;
     let body = json!({"todo": "doomed", "extern_id": "doomed"});
-    let doomed: Value = http
-        .post(format!("{}/todos", a.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doomed: Value =
+        send_json(&http, reqwest::Method::POST, format!("{}/todos", a.base), &body).await;
     let id = doomed["id"].as_str().unwrap().to_owned();
     converged(&http, &[&a, &b, &c]).await;
 
@@ -332,15 +331,13 @@ async fn concurrent_updates_on_skewed_nodes_converge_to_the_winner_the_order_nam
     let seed = vec![a.node.addr().to_string()];
     let b = start_with(tempfile::tempdir().unwrap(), seed, None, skewed(-500)).await;
     ready(&http, &b).await;
-    let created: Value = http
-        .post(format!("{}/todos", a.base))
-        .json(&json!({"todo": "contested", "extern_id": "contested"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = send_json(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/todos", a.base),
+        &json!({"todo": "contested", "extern_id": "contested"}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     eventually("the create on b", CONVERGE, || todo_on(&http, &b, &id)).await;
 
@@ -349,15 +346,13 @@ async fn concurrent_updates_on_skewed_nodes_converge_to_the_winner_the_order_nam
         b.faults.cut(&a.node.addr().to_string());
         let mut versions = Vec::new();
         for (member, text) in [(&a, format!("a{round}")), (&b, format!("b{round}"))] {
-            let reply: Value = http
-                .patch(format!("{}/todos/{id}", member.base))
-                .json(&json!({"todo": text}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let reply: Value = send_json(
+                &http,
+                reqwest::Method::PATCH,
+                format!("{}/todos/{id}", member.base),
+                &json!({"todo": text}),
+            )
+            .await;
             versions.push(reply);
         }
         let winner =
@@ -391,15 +386,8 @@ async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back()
     let b = start_configured(dir_b, config_b.clone(), Options::default()).await;
     ready(&http, &b).await;
     let body = json!({"todo": "deleted while b is away", "extern_id": "ghost"});
-    let ghost: Value = http
-        .post(format!("{}/todos", a.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ghost: Value =
+        send_json(&http, reqwest::Method::POST, format!("{}/todos", a.base), &body).await;
     let id = ghost["id"].as_str().unwrap().to_owned();
     eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &id)).await;
 
