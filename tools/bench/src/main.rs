@@ -1,0 +1,140 @@
+//! `kvs-bench`: starts real `kvs` processes on loopback in temporary directories, drives
+//! them over HTTP, and prints a markdown table of median (min, max) figures over runs.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! ./target/release/kvs-bench all                       # every scenario, 3 runs
+//! ./target/release/kvs-bench --runs 5 write read --json out.json
+//! ./target/release/kvs-bench --records 1000000 scale   # footprint, restart, bootstrap
+//! ```
+
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Durable creates on one node: throughput, p50/p99/p999
+    Write,
+    /// Gets on one node: throughput, p50/p99/p999
+    Read,
+    /// 3 nodes: write on one, poll the others; push on and off
+    Propagation,
+    /// Load --records todos: disk and RSS per record, restart to ready, bootstrap of a new node
+    Scale,
+    /// All of the above
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "kvs-bench", version, about)]
+struct Args {
+    /// Scenarios to run
+    #[arg(required = true, value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Runs per scenario (figures are the median, with min and max)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Concurrent clients for write, read and loading
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each write/read run lasts
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Sequential writes per propagation run
+    #[arg(long, default_value_t = 300)]
+    propagation_writes: usize,
+    /// Todos loaded for the scale scenario
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Also write the rows as JSON to this file
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The kvs binary [default: `kvs` beside this program]
+    #[arg(long)]
+    kvs: Option<PathBuf>,
+}
+
+pub struct Settings {
+    pub kvs: PathBuf,
+    pub clients: usize,
+    pub seconds: f64,
+    pub propagation_writes: usize,
+    pub records: usize,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvs-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    if args.runs == 0 || args.clients == 0 || args.records == 0 || args.propagation_writes == 0 {
+        bail!("--runs, --clients, --records and --propagation-writes must be at least 1");
+    }
+    let kvs = match args.kvs {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("kvs"),
+    };
+    if !kvs.exists() {
+        bail!("no kvs binary at {} (build it: cargo build --release --workspace)", kvs.display());
+    }
+    let settings = Settings {
+        kvs,
+        clients: args.clients,
+        seconds: args.seconds,
+        propagation_writes: args.propagation_writes,
+        records: args.records,
+    };
+    let mut scenarios = args.scenarios.clone();
+    if scenarios.contains(&Scenario::All) {
+        scenarios = vec![Scenario::Write, Scenario::Read, Scenario::Propagation, Scenario::Scale];
+    }
+    scenarios.dedup();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(settings.clients)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let progress = ProgressBar::new((scenarios.len() * args.runs) as u64);
+    progress
+        .set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("template")?);
+    let mut rows = Vec::new();
+    for scenario in scenarios {
+        let name = format!("{scenario:?}").to_lowercase();
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            progress.set_message(format!("{name} run {run}"));
+            let figures = match scenario {
+                Scenario::Write => scenarios::write(&settings, &http).await,
+                Scenario::Read => scenarios::read(&settings, &http).await,
+                Scenario::Propagation => scenarios::propagation(&settings, &http).await,
+                Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
+                Scenario::All => unreachable!("expanded above"),
+            }
+            .with_context(|| format!("{name}, run {run}"))?;
+            runs.push(figures);
+            progress.inc(1);
+        }
+        rows.extend(report::summarize(&name, &runs));
+    }
+    progress.finish_and_clear();
+    print!("{}", report::markdown(&rows));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Real `kvs` processes on free loopback ports, each in its own temporary directory.
+//! Every process started here is killed when its handle drops.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Proc {
+    pub name: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl Proc {
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Resident memory in bytes, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> Result<()> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{} did not stop within 30 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts `kvs` on `dir`; `seeds` are ports of running nodes; `extra` more flags.
+pub fn start(kvs: &Path, name: &str, dir: &Path, seeds: &[u16], extra: &[&str]) -> Result<Proc> {
+    let port = free_port()?;
+    let mut command = Command::new(kvs);
+    command
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-name",
+            name,
+            "--log-level",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !seeds.is_empty() {
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        command.args(["--seeds", &seeds.join(",")]);
+    }
+    let child = command.spawn().with_context(|| format!("cannot start {}", kvs.display()))?;
+    Ok(Proc { name: name.to_owned(), port, child })
+}
+
+/// Polls `/health/ready` until 200; returns how long it took.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    proc: &Proc,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let url = format!("{}/health/ready", proc.base());
+    loop {
+        if let Ok(reply) = http.get(&url).send().await {
+            if reply.status().is_success() {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!("{} not ready after {timeout:?}", proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Bytes on disk under `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
