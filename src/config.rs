@@ -131,6 +131,12 @@ impl Config {
         for seed in &seeds {
             check_host_port("cluster.seeds", seed)?;
         }
+        if !seeds.is_empty() && advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(invalid(
+                "node.advertise",
+                format!("must be set when listening on {listen}: peers cannot reach that address"),
+            ));
+        }
         let node_name = args.node_name.clone().or(node.name);
         if node_name.as_deref().is_some_and(|name| name.trim().is_empty() || name.len() > 128) {
             return Err(invalid("node.name", "must be 1 to 128 bytes"));
@@ -289,6 +295,7 @@ mod tests {
             ("node:\n  listen: nowhere\n", "node.listen"),
             ("cluster:\n  seeds: [\"no-port\"]\n", "cluster.seeds"),
             ("cluster:\n  join_timeout: 0s\n", "cluster.join_timeout"),
+            ("node:\n  listen: 0.0.0.0:80\ncluster:\n  seeds: [\"a:1\"]\n", "node.advertise"),
         ] {
             let error = Config::from_yaml(yaml).unwrap_err().to_string();
             assert!(error.starts_with(key), "{yaml:?} gave {error}");
