@@ -20,7 +20,7 @@ fn record(n: u64) -> (Key, Record) {
     let todo = StoredTodo {
         extern_id: format!("bench-{n}"),
         todo: format!("a todo of typical length, number {n}"),
-        completed: n % 2 == 0,
+        completed: n.is_multiple_of(2),
         created_at: n,
         updated_at: n,
     };

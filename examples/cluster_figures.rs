@@ -40,7 +40,7 @@ fn todo_record(n: u64, generation: u64) -> (Key, Record) {
     let todo = StoredTodo {
         extern_id: extern_id.clone(),
         todo: format!("a todo of ordinary length, number {n}, generation {generation}"),
-        completed: n % 3 == 0,
+        completed: n.is_multiple_of(3),
         created_at: Timestamp::from_parts(1_700_000_000_000 + n, 0).raw(),
         updated_at: Timestamp::from_parts(1_700_000_000_000 + n + generation, 0).raw(),
     };

@@ -31,7 +31,7 @@ pub async fn gossip_loop(
         cluster.tick();
         round += 1;
         let target = match cluster.random_alive_peer() {
-            Some(member) if round % 10 != 0 || seeds.is_empty() => member.addr,
+            Some(member) if !round.is_multiple_of(10) || seeds.is_empty() => member.addr,
             _ if !seeds.is_empty() => seeds[round % seeds.len()].clone(),
             _ => continue,
         };
