@@ -7,9 +7,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{if_match, if_none_match_hits, PathParam, Query, RawJson};
+use super::extract::{if_match, PathParam, Query, RawJson};
 use super::problem::{ApiError, Problem};
-use super::{page_limit, with_etag, AppState, VersionBody};
+use super::{conditional_get, page_limit, with_etag, AppState, VersionBody};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocVersion {
@@ -87,11 +87,9 @@ pub async fn get(
         .get(&key)?
         .ok_or_else(|| ApiError::NotFound(format!("no document at {key:?}")))?;
     let etag = version.etag();
-    if if_none_match_hits(&headers, &etag) {
-        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &etag));
-    }
-    let response = ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-    Ok(with_etag(response, &etag))
+    Ok(conditional_get(&headers, &etag, || {
+        ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    }))
 }
 
 /// Delete a document (it leaves a replicated tombstone).
@@ -107,12 +105,9 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let condition = if_match(&headers)?;
-    state.services.docs.delete(&key, condition.as_ref()).await.map_err(
-        |e| match ApiError::from(e) {
-            ApiError::NotFound(_) => ApiError::NotFound(format!("no document at {key:?}")),
-            other => other,
-        },
-    )?;
+    state.services.docs.delete(&key, condition.as_ref()).await.map_err(|e| {
+        ApiError::from_service(e, || ApiError::NotFound(format!("no document at {key:?}")))
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

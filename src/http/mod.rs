@@ -90,6 +90,21 @@ fn with_etag(mut response: Response, etag: &str) -> Response {
     response
 }
 
+/// A GET that honours `If-None-Match`: 304 when the tag matches, else `body()`; the
+/// `ETag` header either way.
+fn conditional_get(
+    headers: &axum::http::HeaderMap,
+    etag: &str,
+    body: impl FnOnce() -> Response,
+) -> Response {
+    let response = if extract::if_none_match_hits(headers, etag) {
+        axum::http::StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        body()
+    };
+    with_etag(response, etag)
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

@@ -93,6 +93,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Converts a service error, naming the missing resource precisely on a 404.
+    pub fn from_service(error: ServiceError, not_found: impl FnOnce() -> ApiError) -> ApiError {
+        match error {
+            ServiceError::NotFound => not_found(),
+            other => ApiError::from(other),
+        }
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {

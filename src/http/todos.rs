@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{if_match, if_none_match_hits, JsonBody, PathParam, Query};
+use super::extract::{if_match, JsonBody, PathParam, Query};
 use super::problem::{ApiError, Problem};
-use super::{page_limit, rfc3339, with_etag, AppState, VersionBody};
+use super::{conditional_get, page_limit, rfc3339, with_etag, AppState, VersionBody};
 use crate::model::Timestamp;
 use crate::service::{NewTodo, TodoPatch, TodoQuery, TodoView};
 
@@ -160,10 +160,7 @@ pub async fn get(
     let id = parse_id(&id)?;
     let view = state.services.todos.get(id)?.ok_or_else(|| not_found(id))?;
     let etag = view.version.etag();
-    if if_none_match_hits(&headers, &etag) {
-        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &etag));
-    }
-    Ok(with_etag(Json(TodoBody::from(&view)).into_response(), &etag))
+    Ok(conditional_get(&headers, &etag, || Json(TodoBody::from(&view)).into_response()))
 }
 
 /// Update fields of a todo (PUT and PATCH both take a partial body).
@@ -190,12 +187,12 @@ pub async fn update(
     }
     let condition = if_match(&headers)?;
     let patch = TodoPatch { todo: body.todo, completed: body.completed };
-    let view = state.services.todos.update(id, patch, condition.as_ref()).await.map_err(|e| {
-        match ApiError::from(e) {
-            ApiError::NotFound(_) => not_found(id),
-            other => other,
-        }
-    })?;
+    let view = state
+        .services
+        .todos
+        .update(id, patch, condition.as_ref())
+        .await
+        .map_err(|e| ApiError::from_service(e, || not_found(id)))?;
     Ok(with_etag(Json(TodoBody::from(&view)).into_response(), &view.version.etag()))
 }
 
@@ -214,12 +211,12 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     let condition = if_match(&headers)?;
-    state.services.todos.delete(id, condition.as_ref()).await.map_err(
-        |e| match ApiError::from(e) {
-            ApiError::NotFound(_) => not_found(id),
-            other => other,
-        },
-    )?;
+    state
+        .services
+        .todos
+        .delete(id, condition.as_ref())
+        .await
+        .map_err(|e| ApiError::from_service(e, || not_found(id)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
