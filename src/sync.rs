@@ -18,6 +18,9 @@ use crate::peer::{PeerClient, PeerError};
 use crate::service::{ReplicaService, ServiceError};
 use crate::wire::NodesRequest;
 
+/// Pushes under way at once, over all peers.
+pub const MAX_PUSHES_IN_FLIGHT: usize = 256;
+
 /// Leaf segments fetched per request: ~15,000 records at 1,000,000 keys.
 pub const SEGMENTS_PER_REQUEST: usize = 1024;
 
@@ -137,6 +140,7 @@ pub async fn push_loop(
     mut outbox: mpsc::Receiver<(Key, Record)>,
     stop: CancellationToken,
 ) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT));
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => return,
@@ -151,8 +155,15 @@ pub async fn push_loop(
         }
         let batch = std::sync::Arc::new(batch);
         for member in cluster.alive_peers() {
+            // A slow peer must not pile up pushes: past the bound, the batch is left to
+            // anti-entropy.
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %member.addr, "too many pushes in flight; anti-entropy will carry this batch");
+                continue;
+            };
             let (peer, batch) = (peer.clone(), batch.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(error) = peer.push(&member.addr, &batch).await {
                     tracing::debug!(peer = %member.addr, %error, "push failed; anti-entropy will repair");
                 }
