@@ -230,24 +230,24 @@ impl Node {
         &self.cluster
     }
 
-    /// Stops every task without a farewell or a flush: what a crash looks like to peers
-    /// (the store still closes cleanly so a test can reopen it).
+    /// Stops every task without a farewell: what a crash looks like to peers (the
+    /// store still closes cleanly so a test can reopen it).
     pub async fn crash(self) -> Result<(), DaemonError> {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await;
-        drop(self.services);
-        drop(self.cluster);
-        let store = self.store;
-        while store.handle_count() > 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)
+        self.stop_and_close().await
     }
 
     /// Stops accepting, lets in-flight requests finish (up to [`SHUTDOWN_GRACE`]),
     /// then flushes and closes the store.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
         gossip::farewell(&self.cluster, &self.peer, Duration::from_secs(1)).await;
+        self.stop_and_close().await?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+
+    /// Cancels every task, waits for them (up to [`SHUTDOWN_GRACE`]), then closes the
+    /// store once nothing else holds it.
+    async fn stop_and_close(self) -> Result<(), DaemonError> {
         self.shutdown.cancel();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
             tracing::warn!(
@@ -266,8 +266,6 @@ impl Node {
         if store.handle_count() > 1 {
             tracing::warn!(handles = store.handle_count(), "store still in use at shutdown");
         }
-        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)?;
-        tracing::info!("store flushed; bye");
-        Ok(())
+        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)
     }
 }
