@@ -30,6 +30,8 @@ pub enum SyncError {
     Peer(#[from] PeerError),
     #[error("merging the peer's records failed: {0}")]
     Merge(#[from] ServiceError),
+    #[error("reading our records failed: {0}")]
+    Read(#[from] tokio::task::JoinError),
 }
 
 /// What one round did.
@@ -80,8 +82,7 @@ pub async fn sync_round(
         let replica_for_read = replica.clone();
         let chunk_owned = chunk.to_vec();
         let ours = tokio::task::spawn_blocking(move || replica_for_read.records_in(&chunk_owned))
-            .await
-            .map_err(|e| ServiceError::Store(crate::store::StoreError::Flush(e.to_string())))??;
+            .await??;
         let to_push = newer_than(&ours, &theirs);
         report.pulled += theirs.len();
         replica.merge(theirs).await?;
