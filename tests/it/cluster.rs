@@ -178,24 +178,12 @@ async fn a_partition_with_writes_on_both_sides_heals_to_equal_roots() {
     b.faults.cut(&addr_a);
     c.faults.cut(&addr_a);
     for n in 0..20 {
-        let body = json!({"todo": format!("left {n}"), "extern_id": format!("left-{n}")});
-        assert!(http
-            .post(format!("{}/todos", a.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success());
-        let body = json!({"todo": format!("right {n}"), "extern_id": format!("right-{n}")});
-        assert!(http
-            .post(format!("{}/todos", b.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success());
+        for (member, side) in [(&a, "left"), (&b, "right")] {
+            let body = json!({"todo": format!("{side} {n}"), "extern_id": format!("{side}-{n}")});
+            let reply =
+                http.post(format!("{}/todos", member.base)).json(&body).send().await.unwrap();
+            assert!(reply.status().is_success());
+        }
     }
     // The same document written on both sides: the later write must win everywhere.
     for (member, value) in [(&a, "1"), (&c, "2")] {
