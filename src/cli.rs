@@ -91,4 +91,8 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "KVS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Benchmarks only: skip Merkle tree upkeep to measure what it costs. Such a node
+    /// cannot sync, so it refuses seeds. Hidden from --help.
+    #[arg(long, env = "KVS_BENCH_SKIP_MERKLE", hide = true)]
+    pub bench_skip_merkle: bool,
 }

@@ -34,6 +34,8 @@ pub struct Config {
     /// Push every local write to the alive peers at once (anti-entropy alone if off).
     pub push_on_write: bool,
     pub max_body_bytes: usize,
+    /// False only for the `merkle-cost` benchmark (`--bench-skip-merkle`, standalone).
+    pub merkle_upkeep: bool,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -137,6 +139,12 @@ impl Config {
                 format!("must be set when listening on {listen}: peers cannot reach that address"),
             ));
         }
+        if args.bench_skip_merkle && !seeds.is_empty() {
+            return Err(invalid(
+                "bench_skip_merkle",
+                "a node without a Merkle tree cannot sync: run it without seeds",
+            ));
+        }
         let node_name = args.node_name.clone().or(node.name);
         if node_name.as_deref().is_some_and(|name| name.trim().is_empty() || name.len() > 128) {
             return Err(invalid("node.name", "must be 1 to 128 bytes"));
@@ -197,6 +205,7 @@ impl Config {
             )?,
             push_on_write: args.push_on_write.or(cluster.push_on_write).unwrap_or(true),
             max_body_bytes,
+            merkle_upkeep: !args.bench_skip_merkle,
             log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
             log_format: args.log_format.or(log_format).unwrap_or(LogFormat::Text),
         })
@@ -316,6 +325,15 @@ mod tests {
         let config = Config::resolve(&args).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(config.node_name.as_deref(), Some("from-flag"));
+    }
+
+    #[test]
+    fn skipping_the_merkle_tree_refuses_seeds() {
+        let args = ServeArgs { bench_skip_merkle: true, ..ServeArgs::default() };
+        assert!(!Config::resolve(&args).unwrap().merkle_upkeep);
+        let args = ServeArgs { seeds: Some(vec!["127.0.0.1:1".into()]), ..args };
+        let error = Config::resolve(&args).unwrap_err().to_string();
+        assert!(error.starts_with("bench_skip_merkle"), "{error}");
     }
 
     #[test]

@@ -85,9 +85,12 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
 
     let dir = config.data_dir.clone();
     let now_ms = options.physical_clock.now_ms();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, now_ms)).await?.map_err(
-        |source| DaemonError::Open { dir: config.data_dir.display().to_string(), source },
-    )?;
+    let merkle_upkeep = config.merkle_upkeep;
+    let open = move || Store::open_with(&dir, now_ms, merkle_upkeep);
+    let store = tokio::task::spawn_blocking(open).await?.map_err(|source| DaemonError::Open {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
     let identity = store.identity();
     if !config.seeds.is_empty() {
         discard_if_stale(&store, now_ms, config.tombstone_ttl).await?;

@@ -112,6 +112,8 @@ struct Inner {
     highest_ts_at_open: Timestamp,
     write: Mutex<WriteState>,
     committer: Committer,
+    /// False only for the `merkle-cost` benchmark: the tree is then left empty.
+    merkle_upkeep: bool,
 }
 
 /// A cheap-to-clone handle to one node's database.
@@ -131,6 +133,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
     /// `now_ms` becomes this node's `joined_at` if the directory is new.
     pub fn open(dir: &Path, now_ms: u64) -> Result<Store, StoreError> {
+        Store::open_with(dir, now_ms, true)
+    }
+
+    /// [`Store::open`], optionally without Merkle upkeep (`merkle_upkeep = false` is for
+    /// measuring what the tree costs; such a store must not sync).
+    pub fn open_with(dir: &Path, now_ms: u64, merkle_upkeep: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
         let db = sled::Config::new()
             .path(dir)
@@ -154,6 +162,7 @@ impl Store {
                 highest_ts_at_open,
                 write: Mutex::new(write),
                 committer,
+                merkle_upkeep,
             }),
         })
     }
@@ -227,10 +236,14 @@ impl Store {
         }
 
         if let Some(current) = &current {
-            state.merkle.toggle(segment, &entry_of(&key_bytes, current));
+            if inner.merkle_upkeep {
+                state.merkle.toggle(segment, &entry_of(&key_bytes, current));
+            }
             adjust(&mut state.counts, key, current.is_live(), -1);
         }
-        state.merkle.toggle(segment, &entry_of(&key_bytes, &candidate));
+        if inner.merkle_upkeep {
+            state.merkle.toggle(segment, &entry_of(&key_bytes, &candidate));
+        }
         adjust(&mut state.counts, key, candidate.is_live(), 1);
         let seq = inner.committer.applied();
         drop(state);
@@ -268,7 +281,9 @@ impl Store {
                 (Some(record), Ok(key)) if !record.is_live() && record.version.ts.raw() == ts => {
                     inner.records.remove(&stored_key)?;
                     inner.indexes.remove_old(&IndexChange::removing(&key, key_bytes, &record))?;
-                    state.merkle.toggle(segment, &entry_of(key_bytes, &record));
+                    if inner.merkle_upkeep {
+                        state.merkle.toggle(segment, &entry_of(key_bytes, &record));
+                    }
                     purged += 1;
                 }
                 // The key was written again since: the entry is stale.

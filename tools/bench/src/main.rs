@@ -25,7 +25,9 @@ enum Scenario {
     Write,
     /// Gets on one node: throughput, p50/p99/p999
     Read,
-    /// 3 nodes: write on one, poll the others; push on and off
+    /// The write load with and without Merkle upkeep, interleaved: the throughput lost
+    MerkleCost,
+    /// 3 and 5 nodes: write on one, poll the others; push on and off
     Propagation,
     /// Load --records todos: disk and RSS per record, restart to ready, bootstrap of a new node
     Scale,
@@ -101,7 +103,13 @@ async fn run(args: Args) -> Result<()> {
     };
     let mut scenarios = args.scenarios.clone();
     if scenarios.contains(&Scenario::All) {
-        scenarios = vec![Scenario::Write, Scenario::Read, Scenario::Propagation, Scenario::Scale];
+        scenarios = vec![
+            Scenario::Write,
+            Scenario::Read,
+            Scenario::MerkleCost,
+            Scenario::Propagation,
+            Scenario::Scale,
+        ];
     }
     scenarios.dedup();
     let http = reqwest::Client::builder()
@@ -113,13 +121,15 @@ async fn run(args: Args) -> Result<()> {
         .set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("template")?);
     let mut rows = Vec::new();
     for scenario in scenarios {
-        let name = format!("{scenario:?}").to_lowercase();
+        let name = scenario.to_possible_value().context("every scenario has a name")?;
+        let name = name.get_name().to_owned();
         let mut runs = Vec::new();
         for run in 1..=args.runs {
             progress.set_message(format!("{name} run {run}"));
             let figures = match scenario {
                 Scenario::Write => scenarios::write(&settings, &http).await,
                 Scenario::Read => scenarios::read(&settings, &http).await,
+                Scenario::MerkleCost => scenarios::merkle_cost(&settings, &http).await,
                 Scenario::Propagation => scenarios::propagation(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),

@@ -100,13 +100,16 @@ where
     Ok((all, started.elapsed()))
 }
 
-pub async fn write(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
-    let dir = tempfile::tempdir()?;
-    let node = procs::start(&settings.kvs, "write", dir.path(), &[], &[])?;
-    procs::wait_ready(http, &node, READY).await?;
-    let (http2, url) = (http.clone(), format!("{}/todos", node.base()));
-    let (latencies, elapsed) = drive(settings.clients, settings.seconds, move |client, n| {
-        let (http, url) = (http2.clone(), url.clone());
+/// Durable creates on `node` from `clients` loops for `seconds`.
+async fn create_load(
+    settings: &Settings,
+    http: &reqwest::Client,
+    node: &Proc,
+    seconds: f64,
+) -> Result<(Vec<Duration>, Duration)> {
+    let (http, url) = (http.clone(), format!("{}/todos", node.base()));
+    drive(settings.clients, seconds, move |client, n| {
+        let (http, url) = (http.clone(), url.clone());
         async move {
             let body = json!({"todo": format!("client {client} todo {n}")});
             let reply = http.post(url).json(&body).send().await?;
@@ -118,9 +121,48 @@ pub async fn write(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Fi
             Ok(())
         }
     })
-    .await?;
+    .await
+}
+
+pub async fn write(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
+    let dir = tempfile::tempdir()?;
+    let node = procs::start(&settings.kvs, "write", dir.path(), &[], &[])?;
+    procs::wait_ready(http, &node, READY).await?;
+    let (latencies, elapsed) = create_load(settings, http, &node, settings.seconds).await?;
     node.stop()?;
     Ok(latency_figures("durable creates", latencies, elapsed))
+}
+
+/// The write load on a node with Merkle upkeep and on one started with
+/// `--bench-skip-merkle`, in four interleaved quarters (on, off, off, on) so drift in
+/// the machine's speed falls on both sides alike.
+pub async fn merkle_cost(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let with = procs::start(&settings.kvs, "merkle-on", dirs[0].path(), &[], &[])?;
+    let without =
+        procs::start(&settings.kvs, "merkle-off", dirs[1].path(), &[], &["--bench-skip-merkle"])?;
+    procs::wait_ready(http, &with, READY).await?;
+    procs::wait_ready(http, &without, READY).await?;
+    let warm_up = (settings.seconds / 10.0).min(1.0);
+    for node in [&with, &without] {
+        create_load(settings, http, node, warm_up).await?;
+    }
+    let quarter = settings.seconds / 4.0;
+    let (mut ops, mut time) = ([0usize; 2], [Duration::ZERO; 2]);
+    for side in [0, 1, 1, 0] {
+        let node = if side == 0 { &with } else { &without };
+        let (latencies, elapsed) = create_load(settings, http, node, quarter).await?;
+        ops[side] += latencies.len();
+        time[side] += elapsed;
+    }
+    with.stop()?;
+    without.stop()?;
+    let rate = |side: usize| ops[side] as f64 / time[side].as_secs_f64();
+    Ok(vec![
+        Figure::new("creates/s with Merkle upkeep", "ops/s", rate(0)),
+        Figure::new("creates/s without Merkle upkeep", "ops/s", rate(1)),
+        Figure::new("throughput lost to Merkle upkeep", "%", (1.0 - rate(0) / rate(1)) * 100.0),
+    ])
 }
 
 pub async fn read(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
@@ -147,59 +189,72 @@ pub async fn read(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Fig
 
 pub async fn propagation(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    for (label, push) in [("push on", "true"), ("push off", "false")] {
-        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-        let extra = ["--push-on-write", push, "--gossip-interval", "100ms"];
-        let first = procs::start(&settings.kvs, "p1", dirs[0].path(), &[], &extra)?;
-        procs::wait_ready(http, &first, READY).await?;
-        let others = [
-            procs::start(&settings.kvs, "p2", dirs[1].path(), &[first.port], &extra)?,
-            procs::start(&settings.kvs, "p3", dirs[2].path(), &[first.port], &extra)?,
-        ];
-        for node in &others {
-            procs::wait_ready(http, node, READY).await?;
-        }
-        wait_for_members(http, &first, 3).await?;
-        let writes = settings.propagation_writes;
-        let mut latencies = Vec::with_capacity(writes);
-        for n in 0..writes {
-            let started = Instant::now();
-            let reply: Value = http
-                .post(format!("{}/todos", first.base()))
-                .json(&todo_body(n))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let id = reply["id"].as_str().context("create answered no id")?.to_owned();
-            for node in &others {
-                let url = format!("{}/todos/{id}", node.base());
-                while !http.get(&url).send().await?.status().is_success() {
-                    if started.elapsed() > Duration::from_secs(30) {
-                        bail!("write {n} not visible on {} after 30 s", node.name);
-                    }
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
+    for nodes in [3, 5] {
+        for (label, push) in [("push on", true), ("push off", false)] {
+            let latencies = visibility(settings, http, nodes, push).await?;
+            for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+                figures.push(Figure::new(
+                    &format!("write→visible on all {nodes}, {label}, {name}"),
+                    "ms",
+                    percentile(&latencies, p),
+                ));
             }
-            latencies.push(started.elapsed());
         }
-        latencies.sort();
-        figures.push(Figure::new(
-            &format!("write→visible on all 3, {label}, p50"),
-            "ms",
-            percentile(&latencies, 0.5),
-        ));
-        figures.push(Figure::new(
-            &format!("write→visible on all 3, {label}, p99"),
-            "ms",
-            percentile(&latencies, 0.99),
-        ));
-        for node in others {
-            node.stop()?;
-        }
-        first.stop()?;
     }
     Ok(figures)
+}
+
+/// Starts `nodes` nodes, writes on the first and polls every other until the write is
+/// visible on all; returns the sorted write→visible-on-all latencies.
+async fn visibility(
+    settings: &Settings,
+    http: &reqwest::Client,
+    nodes: usize,
+    push: bool,
+) -> Result<Vec<Duration>> {
+    let dirs = (0..nodes).map(|_| tempfile::tempdir()).collect::<Result<Vec<_>, _>>()?;
+    let extra =
+        ["--push-on-write", if push { "true" } else { "false" }, "--gossip-interval", "100ms"];
+    let first = procs::start(&settings.kvs, "p1", dirs[0].path(), &[], &extra)?;
+    procs::wait_ready(http, &first, READY).await?;
+    let mut others = Vec::new();
+    for (n, dir) in dirs.iter().enumerate().skip(1) {
+        let name = format!("p{}", n + 1);
+        others.push(procs::start(&settings.kvs, &name, dir.path(), &[first.port], &extra)?);
+    }
+    for node in &others {
+        procs::wait_ready(http, node, READY).await?;
+    }
+    wait_for_members(http, &first, nodes).await?;
+    let writes = settings.propagation_writes;
+    let mut latencies = Vec::with_capacity(writes);
+    for n in 0..writes {
+        let started = Instant::now();
+        let reply: Value = http
+            .post(format!("{}/todos", first.base()))
+            .json(&todo_body(n))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = reply["id"].as_str().context("create answered no id")?.to_owned();
+        for node in &others {
+            let url = format!("{}/todos/{id}", node.base());
+            while !http.get(&url).send().await?.status().is_success() {
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("write {n} not visible on {} after 30 s", node.name);
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    for node in others {
+        node.stop()?;
+    }
+    first.stop()?;
+    Ok(latencies)
 }
 
 async fn wait_for_members(http: &reqwest::Client, node: &Proc, count: usize) -> Result<()> {
