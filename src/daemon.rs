@@ -150,6 +150,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         services: services.clone(),
         node: Arc::new(node_info),
         cluster: cluster.clone(),
+        peer: peer.clone(),
         cluster_token: config.cluster_key.as_ref().map(cluster_token),
     };
     let app = http::router(state, config.max_body_bytes);

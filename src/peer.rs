@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::cluster::Member;
 use crate::merkle::Hash;
 use crate::model::{Key, Record};
-use crate::wire::{self, NodesRequest, WireError};
+use crate::wire::{self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, WireError};
 
 pub const TOKEN_HEADER: &str = "x-kvs-cluster-token";
 
@@ -108,22 +108,22 @@ impl PeerClient {
         Self::wire(addr, wire::decode_root(&body))
     }
 
-    pub async fn children(
+    pub async fn descendants(
         &self,
         addr: &str,
         request: &NodesRequest,
-    ) -> Result<Vec<Hash>, PeerError> {
+    ) -> Result<Vec<Digest>, PeerError> {
         let body = self.call(addr, "nodes", Some(request.encode())).await?;
-        Self::wire(addr, wire::decode_hashes(&body, request.indices.len() * crate::merkle::FANOUT))
+        Self::wire(addr, wire::decode_digests(&body, request.reply_len()))
     }
 
-    pub async fn records_in(
+    pub async fn reconcile(
         &self,
         addr: &str,
-        segments: &[u16],
-    ) -> Result<Vec<(Key, Record)>, PeerError> {
-        let body = self.call(addr, "segments", Some(wire::encode_segments(segments))).await?;
-        Self::wire(addr, wire::decompress_batch(&body))
+        request: &ReconcileRequest,
+    ) -> Result<ReconcileReply, PeerError> {
+        let body = self.call(addr, "reconcile", Some(request.encode())).await?;
+        Self::wire(addr, ReconcileReply::decode(&body, request))
     }
 
     pub async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<(), PeerError> {

@@ -1,9 +1,16 @@
 //! Anti-entropy (the convergence guarantee) and push-on-write (the fast path).
 //!
-//! One round with a peer: compare roots (one request); if they differ, walk down the
-//! differing subtrees one level per request, all differing nodes of a level at once;
-//! then, for the differing leaf segments (in chunks, so memory stays bounded), pull the
-//! peer's records and merge them, and push back ours that the peer lacks or that win.
+//! One round with a peer:
+//! 1. compare roots (one request, 32 bytes); equal roots end the round;
+//! 2. walk down the differing subtrees, all differing nodes of a level per request, as
+//!    8-byte digests. Where differences are dense (≥ 3/4 of the last step's nodes
+//!    differ) a request skips a level and asks for grandchildren: the bytes are about the
+//!    same and a round trip is saved. The walk stops early once a differing subtree
+//!    holds few records (≤ 16 on our side), since their fingerprints then cost less
+//!    than another level of digests: an empty node goes straight to step 3;
+//! 3. reconcile the differing leaf segments: send the fingerprints of our records there,
+//!    receive the peer's records we do not have (merged here) and the list of ours it
+//!    does not have (pushed back). Only differing records cross, not whole leaves.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,14 +22,19 @@ use crate::cluster::Cluster;
 use crate::merkle::{DEPTH, FANOUT};
 use crate::model::{Key, Record};
 use crate::peer::{PeerClient, PeerError};
-use crate::service::{ReplicaService, ServiceError};
-use crate::wire::NodesRequest;
+use crate::service::{fingerprint, ReplicaService, ServiceError};
+use crate::wire::{self, NodesRequest, ReconcileRequest};
 
 /// Pushes under way at once, over all peers.
 pub const MAX_PUSHES_IN_FLIGHT: usize = 256;
 
-/// Leaf segments fetched per request: ~15,000 records at 1,000,000 keys.
-pub const SEGMENTS_PER_REQUEST: usize = 1024;
+/// A differing subtree holding at most this many of our records is reconciled at once
+/// instead of being walked further (its fingerprints are no bigger than 16 digests).
+pub const RECONCILE_BELOW_RECORDS: u64 = FANOUT as u64;
+
+/// Fingerprints per reconcile request (1 MiB of them), and segments at most.
+pub const FINGERPRINTS_PER_REQUEST: usize = 131_072;
+pub const SEGMENTS_PER_REQUEST: usize = 8_192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -35,7 +47,7 @@ pub enum SyncError {
 }
 
 /// What one round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RoundReport {
     pub requests: usize,
     pub differing_segments: usize,
@@ -55,53 +67,107 @@ pub async fn sync_round(
     if theirs == replica.root() {
         return Ok(report);
     }
-    let mut differing: Vec<u32> = vec![0];
-    for level in 0..DEPTH as u8 {
-        let request = NodesRequest { level, indices: differing };
-        let theirs = peer.children(addr, &request).await?;
+    let segments = differing_segments(peer, replica, addr, &mut report).await?;
+    report.differing_segments = segments.len();
+    reconcile(peer, replica, addr, &segments, &mut report).await?;
+    Ok(report)
+}
+
+/// Step 2: the leaf segments under the differing subtrees where the walk stopped.
+async fn differing_segments(
+    peer: &PeerClient,
+    replica: &ReplicaService,
+    addr: &str,
+    report: &mut RoundReport,
+) -> Result<Vec<u16>, SyncError> {
+    let records = replica.record_count();
+    let (mut level, mut differing, mut dense) = (0usize, vec![0u32], true);
+    let worth_walking = |level: usize| {
+        level < DEPTH && records / (FANOUT as u64).pow(level as u32) > RECONCILE_BELOW_RECORDS
+    };
+    while !differing.is_empty() && worth_walking(level) {
+        let depth = if dense { 2 } else { 1 }.min(DEPTH - level);
+        let request = NodesRequest { level: level as u8, depth: depth as u8, indices: differing };
+        let theirs = peer.descendants(addr, &request).await?;
         report.requests += 1;
-        let ours = replica.children(&request);
+        let ours = replica.descendants(&request);
+        let width = FANOUT.pow(depth as u32);
         differing = Vec::new();
         for (position, index) in request.indices.iter().enumerate() {
-            for child in 0..FANOUT {
-                let at = position * FANOUT + child;
-                if theirs.get(at) != ours.get(at) {
-                    differing.push(index * FANOUT as u32 + child as u32);
+            for below in 0..width {
+                let at = position * width + below;
+                if ours.get(at).map(wire::digest).as_ref() != theirs.get(at) {
+                    differing.push(index * width as u32 + below as u32);
                 }
             }
         }
-        if differing.is_empty() {
-            return Ok(report);
-        }
+        dense = differing.len() * 4 >= request.reply_len() * 3;
+        level += depth;
     }
-    let segments: Vec<u16> = differing.into_iter().map(|segment| segment as u16).collect();
-    report.differing_segments = segments.len();
-    for chunk in segments.chunks(SEGMENTS_PER_REQUEST) {
-        let theirs = peer.records_in(addr, chunk).await?;
+    let width = FANOUT.pow((DEPTH - level) as u32) as u32;
+    Ok(differing
+        .iter()
+        .flat_map(|index| (index * width..(index + 1) * width).map(|s| s as u16))
+        .collect())
+}
+
+/// Step 3, in requests of at most [`FINGERPRINTS_PER_REQUEST`] fingerprints; the peer
+/// may answer fewer segments than asked (to bound its reply), the rest are sent again.
+async fn reconcile(
+    peer: &PeerClient,
+    replica: &ReplicaService,
+    addr: &str,
+    segments: &[u16],
+    report: &mut RoundReport,
+) -> Result<(), SyncError> {
+    let mut next = 0;
+    while next < segments.len() {
+        let (reader, wanted) = (replica.clone(), segments[next..].to_vec());
+        let (request, ours) =
+            tokio::task::spawn_blocking(move || our_side(&reader, &wanted)).await??;
+        let reply = peer.reconcile(addr, &request).await?;
         report.requests += 1;
-        let replica_for_read = replica.clone();
-        let chunk_owned = chunk.to_vec();
-        let ours = tokio::task::spawn_blocking(move || replica_for_read.records_in(&chunk_owned))
-            .await??;
-        let to_push = newer_than(&ours, &theirs);
-        report.pulled += theirs.len();
-        replica.merge(theirs).await?;
+        next += reply.covered as usize;
+        // A wanted record of ours may just be an older version of one the peer sent:
+        // push only those the peer's reply does not supersede.
+        let theirs: HashMap<&Key, &Record> = reply.records.iter().map(|(k, r)| (k, r)).collect();
+        let to_push: Vec<(Key, Record)> = reply
+            .wanted
+            .iter()
+            .map(|at| &ours[*at as usize])
+            .filter(|(key, record)| theirs.get(key).is_none_or(|their| record.supersedes(their)))
+            .cloned()
+            .collect();
+        report.pulled += reply.records.len();
+        replica.merge(reply.records).await?;
         if !to_push.is_empty() {
             report.pushed += to_push.len();
             peer.push(addr, &to_push).await?;
             report.requests += 1;
         }
     }
-    Ok(report)
+    Ok(())
 }
 
-/// Our records the peer lacks or holds an older version of.
-fn newer_than(ours: &[(Key, Record)], theirs: &[(Key, Record)]) -> Vec<(Key, Record)> {
-    let theirs: HashMap<&Key, &Record> = theirs.iter().map(|(key, record)| (key, record)).collect();
-    ours.iter()
-        .filter(|(key, record)| theirs.get(key).is_none_or(|their| record.supersedes(their)))
-        .cloned()
-        .collect()
+/// A reconcile request for the first of `segments` (as many as fit), and our records
+/// in the order of its fingerprints. Blocking.
+fn our_side(
+    replica: &ReplicaService,
+    segments: &[u16],
+) -> Result<(ReconcileRequest, Vec<(Key, Record)>), ServiceError> {
+    let (mut request, mut ours) = (ReconcileRequest::default(), Vec::new());
+    for segment in segments.iter().take(SEGMENTS_PER_REQUEST) {
+        let records = replica.records_in(&[*segment])?;
+        let full =
+            !request.segments.is_empty() && ours.len() + records.len() > FINGERPRINTS_PER_REQUEST;
+        if full {
+            break;
+        }
+        let prints = records.iter().map(|(key, record)| fingerprint(key, record)).collect();
+        request.segments.push((*segment, prints));
+        ours.extend(records);
+    }
+    Ok((request, ours))
 }
 
 /// Every `interval` (±25 % jitter), one round with a random alive peer.

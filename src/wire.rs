@@ -5,19 +5,28 @@
 //! trailing bytes is refused. A bad body is rejected whole.
 //!
 //! - root: `GET /internal/v1/root` → 32 raw bytes (the Merkle root).
-//! - nodes: `POST /internal/v1/nodes` with [`NodesRequest`] → the children of each
-//!   named node, 16 × 32 raw bytes per node, in request order.
-//! - segments: `POST /internal/v1/segments` with a list of leaf segments → a zstd
-//!   [`encode_batch`] of every record in them.
+//! - nodes: `POST /internal/v1/nodes` with [`NodesRequest`] → the descendants `depth`
+//!   levels below each named node, `16^depth` [`Digest`]s per node, in request order.
+//! - reconcile: `POST /internal/v1/reconcile` with a [`ReconcileRequest`] (leaf segments,
+//!   each with the fingerprints of the asker's records in it) → a [`ReconcileReply`]:
+//!   the answerer's records the asker lacks, and which of the asker's it lacks.
 //! - records: `POST /internal/v1/records` with a zstd batch → applied by merge.
+//!
+//! Below the root, node hashes and record fingerprints travel as [`Digest`]s: the first
+//! 8 bytes of the 32-byte hash. Two different subtrees (or records) look equal with
+//! probability 2⁻⁶⁴ per comparison; the root is always compared in full.
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{Hash, DEPTH, FANOUT};
 use crate::model::{Key, KeyError, Record};
 
 pub const VERSION: u8 = 1;
-/// At most this many nodes or segments in one request.
+/// At most this many nodes or segments in one request, digests in one reply.
 pub const MAX_ITEMS: usize = 65_536;
+/// Bytes of a hash sent below the root.
+pub const DIGEST_BYTES: usize = 8;
+/// At most this many fingerprints in one reconcile request (8 MiB).
+pub const MAX_FINGERPRINTS: usize = 1 << 20;
 /// At most this many records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 200_000;
 /// A decompressed batch may not exceed this.
@@ -37,6 +46,10 @@ pub enum WireError {
     Trailing(usize),
     #[error("level {level} index {index} is not an inner Merkle node")]
     BadNode { level: u8, index: u32 },
+    #[error("depth {depth} below level {level} is outside the tree")]
+    BadDepth { level: u8, depth: u8 },
+    #[error("reply does not match its request: {0}")]
+    Mismatch(&'static str),
     #[error("bad key: {0}")]
     Key(#[from] KeyError),
     #[error("bad record: {0}")]
@@ -95,18 +108,32 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// "Send me the children of these inner nodes, all on one level."
+/// A hash as it travels below the root: its first [`DIGEST_BYTES`] bytes.
+pub type Digest = [u8; DIGEST_BYTES];
+
+pub fn digest(hash: &Hash) -> Digest {
+    hash[..DIGEST_BYTES].try_into().expect("a hash is longer than a digest")
+}
+
+/// "Send me the descendants `depth` levels below these inner nodes, all on one level."
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodesRequest {
     pub level: u8,
+    pub depth: u8,
     pub indices: Vec<u32>,
 }
 
 impl NodesRequest {
+    /// Digests the reply carries: `16^depth` per node.
+    pub fn reply_len(&self) -> usize {
+        self.indices.len() * FANOUT.pow(self.depth.into())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(6 + 4 * self.indices.len());
+        let mut out = Vec::with_capacity(7 + 4 * self.indices.len());
         out.push(VERSION);
         out.push(self.level);
+        out.push(self.depth);
         out.extend_from_slice(&(self.indices.len() as u32).to_be_bytes());
         for index in &self.indices {
             out.extend_from_slice(&index.to_be_bytes());
@@ -118,31 +145,34 @@ impl NodesRequest {
         let mut reader = Reader { bytes };
         reader.version()?;
         let level = reader.u8("level")?;
-        let count = reader.count("node", MAX_ITEMS)?;
+        let depth = reader.u8("depth")?;
+        if depth == 0 || usize::from(level) + usize::from(depth) > DEPTH {
+            return Err(WireError::BadDepth { level, depth });
+        }
+        let limit = MAX_ITEMS / FANOUT.pow(depth.into());
+        let count = reader.count("node", limit)?;
         let mut indices = Vec::with_capacity(count);
         for _ in 0..count {
             let index = reader.u32("node index")?;
-            let inner = usize::from(level) < DEPTH && (index as usize) < FANOUT.pow(level.into());
-            if !inner {
+            if index as usize >= FANOUT.pow(level.into()) {
                 return Err(WireError::BadNode { level, index });
             }
             indices.push(index);
         }
         reader.finish()?;
-        Ok(NodesRequest { level, indices })
+        Ok(NodesRequest { level, depth, indices })
     }
 }
 
-/// Children hashes, `FANOUT` per requested node, concatenated.
-pub fn encode_hashes(hashes: &[Hash]) -> Vec<u8> {
-    hashes.iter().flat_map(|hash| hash.iter().copied()).collect()
+pub fn encode_digests(hashes: &[Hash]) -> Vec<u8> {
+    hashes.iter().flat_map(digest).collect()
 }
 
-pub fn decode_hashes(bytes: &[u8], expected: usize) -> Result<Vec<Hash>, WireError> {
-    if bytes.len() != expected * 32 {
-        return Err(WireError::Truncated("hash list"));
+pub fn decode_digests(bytes: &[u8], expected: usize) -> Result<Vec<Digest>, WireError> {
+    if bytes.len() != expected * DIGEST_BYTES {
+        return Err(WireError::Mismatch("digest list length"));
     }
-    Ok(bytes.chunks_exact(32).map(|chunk| chunk.try_into().expect("chunks of 32")).collect())
+    Ok(bytes.chunks_exact(DIGEST_BYTES).map(|chunk| chunk.try_into().expect("exact")).collect())
 }
 
 pub fn encode_root(root: &Hash) -> Vec<u8> {
@@ -153,24 +183,95 @@ pub fn decode_root(bytes: &[u8]) -> Result<Hash, WireError> {
     bytes.try_into().map_err(|_| WireError::Truncated("root"))
 }
 
-/// A list of leaf segments.
-pub fn encode_segments(segments: &[u16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + 2 * segments.len());
-    out.push(VERSION);
-    out.extend_from_slice(&(segments.len() as u32).to_be_bytes());
-    for segment in segments {
-        out.extend_from_slice(&segment.to_be_bytes());
-    }
-    out
+/// Leaf segments, each with the fingerprints ([`Digest`]s of `entry_hash`) of the
+/// asker's records in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileRequest {
+    pub segments: Vec<(u16, Vec<Digest>)>,
 }
 
-pub fn decode_segments(bytes: &[u8]) -> Result<Vec<u16>, WireError> {
-    let mut reader = Reader { bytes };
-    reader.version()?;
-    let count = reader.count("segment", MAX_ITEMS)?;
-    let segments = (0..count).map(|_| reader.u16("segment")).collect::<Result<_, _>>()?;
-    reader.finish()?;
-    Ok(segments)
+impl ReconcileRequest {
+    pub fn fingerprints(&self) -> usize {
+        self.segments.iter().map(|(_, prints)| prints.len()).sum()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + 6 * self.segments.len() + 8 * self.fingerprints());
+        out.push(VERSION);
+        out.extend_from_slice(&(self.segments.len() as u32).to_be_bytes());
+        for (segment, prints) in &self.segments {
+            out.extend_from_slice(&segment.to_be_bytes());
+            out.extend_from_slice(&(prints.len() as u32).to_be_bytes());
+            prints.iter().for_each(|print| out.extend_from_slice(print));
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ReconcileRequest, WireError> {
+        let mut reader = Reader { bytes };
+        reader.version()?;
+        let count = reader.count("segment", MAX_ITEMS)?;
+        let mut segments = Vec::with_capacity(count);
+        let mut total = 0;
+        for _ in 0..count {
+            let segment = reader.u16("segment")?;
+            let prints = reader.count("fingerprint", MAX_FINGERPRINTS - total)?;
+            total += prints;
+            let bytes = reader.take(prints * DIGEST_BYTES, "fingerprints")?;
+            let prints = bytes.chunks_exact(DIGEST_BYTES).map(|c| c.try_into().expect("exact"));
+            segments.push((segment, prints.collect()));
+        }
+        reader.finish()?;
+        Ok(ReconcileRequest { segments })
+    }
+}
+
+/// The answer to a [`ReconcileRequest`]. The answerer may stop early to bound its reply:
+/// it handled the first `covered` segments; the asker sends the rest again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReply {
+    pub covered: u32,
+    /// Positions, in the request's order over all segments, of fingerprints the answerer
+    /// does not hold: the asker should push those records.
+    pub wanted: Vec<u32>,
+    /// The answerer's records in the covered segments whose fingerprints the asker did
+    /// not send.
+    pub records: Vec<(Key, Record)>,
+}
+
+impl ReconcileReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&self.covered.to_be_bytes());
+        out.extend_from_slice(&(self.wanted.len() as u32).to_be_bytes());
+        self.wanted.iter().for_each(|at| out.extend_from_slice(&at.to_be_bytes()));
+        out.extend_from_slice(&compress_batch(&self.records));
+        out
+    }
+
+    /// Decodes the reply to `request`, checking it against the request.
+    pub fn decode(bytes: &[u8], request: &ReconcileRequest) -> Result<ReconcileReply, WireError> {
+        let mut reader = Reader { bytes };
+        reader.version()?;
+        let covered = reader.u32("covered")?;
+        let segments = request.segments.len();
+        if (covered == 0 && segments > 0) || covered as usize > segments {
+            return Err(WireError::Mismatch("covered segment count"));
+        }
+        let sent: usize =
+            request.segments[..covered as usize].iter().map(|(_, prints)| prints.len()).sum();
+        let count = reader.count("wanted position", sent)?;
+        let mut wanted = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = reader.u32("wanted position")?;
+            if at as usize >= sent || wanted.last().is_some_and(|last| *last >= at) {
+                return Err(WireError::Mismatch("wanted positions"));
+            }
+            wanted.push(at);
+        }
+        let records = decompress_batch(reader.bytes)?;
+        Ok(ReconcileReply { covered, wanted, records })
+    }
 }
 
 /// Records, uncompressed: version, count, then per record key length (u16), key, record
@@ -258,14 +359,37 @@ mod tests {
             let _ = decode_batch(&bytes);
             let _ = decompress_batch(&bytes);
             let _ = NodesRequest::decode(&bytes);
-            let _ = decode_segments(&bytes);
+            if let Ok(request) = ReconcileRequest::decode(&bytes) {
+                let _ = ReconcileReply::decode(&bytes, &request);
+            }
         }
 
         #[test]
-        fn requests_round_trip(level in 0u8..4, indices in prop::collection::vec(0u32..16, 0..16), segments in prop::collection::vec(any::<u16>(), 0..50)) {
-            let request = NodesRequest { level, indices: indices.into_iter().map(|i| i % 16u32.pow(level.into()).max(1)).collect() };
+        fn requests_round_trip(
+            level in 0u8..4,
+            depth in 1u8..5,
+            indices in prop::collection::vec(any::<u32>(), 0..16),
+            segments in prop::collection::vec((any::<u16>(), prop::collection::vec(any::<[u8; 8]>(), 0..20)), 0..20),
+        ) {
+            let depth = depth.min(DEPTH as u8 - level);
+            let fits = MAX_ITEMS / FANOUT.pow(depth.into());
+            let indices = indices.into_iter().take(fits).map(|i| i % 16u32.pow(level.into())).collect();
+            let request = NodesRequest { level, depth, indices };
             prop_assert_eq!(NodesRequest::decode(&request.encode()).unwrap(), request);
-            prop_assert_eq!(decode_segments(&encode_segments(&segments)).unwrap(), segments);
+            let request = ReconcileRequest { segments };
+            prop_assert_eq!(ReconcileRequest::decode(&request.encode()).unwrap(), request);
+        }
+
+        #[test]
+        fn reconcile_replies_round_trip(
+            prints in prop::collection::vec(any::<[u8; 8]>(), 1..40),
+            picks in prop::collection::btree_set(0u32..40, 0..10),
+            records in prop::collection::vec(arb_entry(), 0..10),
+        ) {
+            let request = ReconcileRequest { segments: vec![(7, prints.clone()), (9, Vec::new())] };
+            let wanted: Vec<u32> = picks.into_iter().filter(|at| (*at as usize) < prints.len()).collect();
+            let reply = ReconcileReply { covered: 2, wanted, records };
+            prop_assert_eq!(ReconcileReply::decode(&reply.encode(), &request).unwrap(), reply);
         }
     }
 
@@ -274,18 +398,47 @@ mod tests {
         let mut lying = vec![VERSION];
         lying.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode_batch(&lying), Err(WireError::TooMany { .. })));
+        assert!(matches!(ReconcileRequest::decode(&lying), Err(WireError::TooMany { .. })));
         let mut short = vec![VERSION];
         short.extend_from_slice(&1u32.to_be_bytes());
         short.extend_from_slice(&5u16.to_be_bytes());
         short.extend_from_slice(b"kv/a");
         assert_eq!(decode_batch(&short), Err(WireError::Truncated("key")));
-        let bad_node = NodesRequest { level: 4, indices: vec![0] }.encode();
-        assert_eq!(NodesRequest::decode(&bad_node), Err(WireError::BadNode { level: 4, index: 0 }));
-        let mut trailing = encode_segments(&[1]);
+        let mut prints = vec![VERSION, 0, 0, 0, 1, 0, 7];
+        prints.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(ReconcileRequest::decode(&prints), Err(WireError::TooMany { .. })));
+        let bad_node = NodesRequest { level: 3, depth: 1, indices: vec![4096] }.encode();
+        assert_eq!(
+            NodesRequest::decode(&bad_node),
+            Err(WireError::BadNode { level: 3, index: 4096 })
+        );
+        let too_deep = NodesRequest { level: 3, depth: 2, indices: vec![0] }.encode();
+        assert_eq!(
+            NodesRequest::decode(&too_deep),
+            Err(WireError::BadDepth { level: 3, depth: 2 })
+        );
+        let request = ReconcileRequest { segments: vec![(1, vec![[0; 8]])] };
+        let mut trailing = request.encode();
         trailing.push(0);
-        assert_eq!(decode_segments(&trailing), Err(WireError::Trailing(1)));
-        let mut wrong_version = encode_segments(&[1]);
+        assert_eq!(ReconcileRequest::decode(&trailing), Err(WireError::Trailing(1)));
+        let mut wrong_version = request.encode();
         wrong_version[0] = 9;
-        assert_eq!(decode_segments(&wrong_version), Err(WireError::Version(9)));
+        assert_eq!(ReconcileRequest::decode(&wrong_version), Err(WireError::Version(9)));
+    }
+
+    #[test]
+    fn replies_that_do_not_match_the_request_are_refused() {
+        let request = ReconcileRequest { segments: vec![(1, vec![[1; 8], [2; 8]]), (2, vec![])] };
+        let decode = |reply: ReconcileReply| ReconcileReply::decode(&reply.encode(), &request);
+        let nothing_covered = ReconcileReply { covered: 0, ..ReconcileReply::default() };
+        assert_eq!(decode(nothing_covered), Err(WireError::Mismatch("covered segment count")));
+        let too_many = ReconcileReply { covered: 3, ..ReconcileReply::default() };
+        assert_eq!(decode(too_many), Err(WireError::Mismatch("covered segment count")));
+        let out_of_range = ReconcileReply { covered: 1, wanted: vec![2], records: vec![] };
+        assert_eq!(decode(out_of_range), Err(WireError::Mismatch("wanted positions")));
+        let unordered = ReconcileReply { covered: 1, wanted: vec![1, 0], records: vec![] };
+        assert_eq!(decode(unordered), Err(WireError::Mismatch("wanted positions")));
+        let fine = ReconcileReply { covered: 1, wanted: vec![0, 1], records: vec![] };
+        assert_eq!(decode(fine.clone()), Ok(fine));
     }
 }

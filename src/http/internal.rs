@@ -2,7 +2,7 @@
 //! Authenticated by the cluster token once a key is configured.
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::problem::ApiError;
 use super::AppState;
 use crate::peer::TOKEN_HEADER;
-use crate::wire::{self, NodesRequest};
+use crate::wire::{self, NodesRequest, ReconcileRequest};
 
 fn octets(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -48,18 +48,19 @@ pub async fn root(State(state): State<AppState>) -> Response {
 
 pub async fn nodes(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let request = NodesRequest::decode(&body).map_err(|e| bad_peer_body("node request", e))?;
-    Ok(octets(wire::encode_hashes(&state.services.replica.children(&request))))
+    Ok(octets(wire::encode_digests(&state.services.replica.descendants(&request))))
 }
 
-pub async fn segments(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let segments = wire::decode_segments(&body).map_err(|e| bad_peer_body("segment list", e))?;
+pub async fn reconcile(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request =
+        ReconcileRequest::decode(&body).map_err(|e| bad_peer_body("reconcile request", e))?;
     let replica = state.services.replica.clone();
-    let batch = tokio::task::spawn_blocking(move || {
-        replica.records_in(&segments).map(|records| wire::compress_batch(&records))
+    let reply = tokio::task::spawn_blocking(move || {
+        replica.reconcile(&request).map(|reply| reply.encode())
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(octets(batch))
+    Ok(octets(reply))
 }
 
 pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
@@ -69,6 +70,24 @@ pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<Statu
         other => other,
     })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+pub struct SyncQuery {
+    peer: String,
+}
+
+/// Runs one anti-entropy round with `?peer=host:port` now and answers what it did: for
+/// an operator who wants a repair without waiting, and for the `repair` benchmark.
+pub async fn sync_now(
+    State(state): State<AppState>,
+    Query(query): Query<SyncQuery>,
+) -> Result<Response, ApiError> {
+    let report =
+        crate::sync::sync_round(&state.peer, &state.services.replica, &query.peer).await.map_err(
+            |error| ApiError::BadGateway(format!("sync with {} failed: {error}", query.peer)),
+        )?;
+    Ok(axum::Json(report).into_response())
 }
 
 pub async fn gossip(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

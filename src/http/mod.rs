@@ -22,6 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cluster::Cluster;
 use crate::model::{NodeId, Version};
+use crate::peer::PeerClient;
 use crate::service::Services;
 pub use problem::ApiError;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub services: Services,
     pub node: Arc<NodeInfo>,
     pub cluster: Cluster,
+    /// For the operator's `POST /internal/v1/sync` (one anti-entropy round now).
+    pub peer: PeerClient,
     /// Peers must present this on `/internal/` (None: no key configured).
     pub cluster_token: Option<blake3::Hash>,
 }
@@ -153,9 +156,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let internal = Router::new()
         .route("/internal/v1/root", get(internal::root))
         .route("/internal/v1/nodes", post(internal::nodes))
-        .route("/internal/v1/segments", post(internal::segments))
+        .route("/internal/v1/reconcile", post(internal::reconcile))
         .route("/internal/v1/records", post(internal::records))
         .route("/internal/v1/gossip", post(internal::gossip))
+        .route("/internal/v1/sync", post(internal::sync_now))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::authenticate))
         .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
     let swagger = SwaggerUi::new("/docs")

@@ -29,6 +29,8 @@ pub enum ApiError {
     NotReady,
     /// The disk is full: the write was refused and nothing changed.
     StorageFull,
+    /// A peer this node called on the client's behalf failed (the detail names it).
+    BadGateway(String),
     /// Anything else; the detail goes to the log only.
     Internal(String),
 }
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,7 +80,8 @@ impl ApiError {
             | ApiError::NotFound(detail)
             | ApiError::Conflict(detail)
             | ApiError::PayloadTooLarge(detail)
-            | ApiError::UnsupportedMediaType(detail) => detail.clone(),
+            | ApiError::UnsupportedMediaType(detail)
+            | ApiError::BadGateway(detail) => detail.clone(),
             ApiError::Validation { field, message } => format!("{field}: {message}"),
             ApiError::MethodNotAllowed => "this route does not take that method".into(),
             ApiError::PreconditionFailed => {

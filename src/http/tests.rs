@@ -66,8 +66,9 @@ fn harness_with(max_body: usize) -> Harness {
         forget_after_ms: 60_000,
     };
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
-    let state =
-        AppState { services: services.clone(), node: Arc::new(node), cluster, cluster_token: None };
+    let peer = crate::peer::PeerClient::new(None, crate::peer::Faults::default());
+    let node = Arc::new(node);
+    let state = AppState { services: services.clone(), node, cluster, peer, cluster_token: None };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }
 }
@@ -549,8 +550,10 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
     for (path, body) in [
         ("/internal/v1/records", &b"\x28\xb5\x2f\xfd garbage"[..]),
         ("/internal/v1/records", &b"not zstd at all"[..]),
-        ("/internal/v1/nodes", &b"\x01\x09\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
-        ("/internal/v1/segments", &b"\x02\x00"[..]),
+        ("/internal/v1/nodes", &b"\x01\x09\x01\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
+        ("/internal/v1/nodes", &b"\x01\x00\x05\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
+        ("/internal/v1/reconcile", &b"\x02\x00"[..]),
+        ("/internal/v1/reconcile", &b"\x01\x00\x00\x00\x01\x00\x07\x00\x00\x00\x09"[..]),
         ("/internal/v1/gossip", &b"[{\"id\":1}]"[..]),
     ] {
         let body = String::from_utf8_lossy(body).into_owned();

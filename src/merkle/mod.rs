@@ -109,7 +109,16 @@ impl MerkleTree {
     /// # Panics
     /// If `level >= DEPTH` or `index` is out of range for `level`.
     pub fn children(&self, level: usize, index: usize) -> &[Hash] {
-        &self.levels[level + 1][index * FANOUT..(index + 1) * FANOUT]
+        self.descendants(level, index, 1)
+    }
+
+    /// The `FANOUT^depth` nodes `depth` levels below a node, left to right.
+    ///
+    /// # Panics
+    /// If `level + depth > DEPTH` or `index` is out of range for `level`.
+    pub fn descendants(&self, level: usize, index: usize, depth: usize) -> &[Hash] {
+        let width = FANOUT.pow(depth as u32);
+        &self.levels[level + depth][index * width..(index + 1) * width]
     }
 }
 

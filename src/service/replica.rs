@@ -4,15 +4,25 @@
 //! todo shape, JSON documents) before any of it is applied, so a bad batch changes
 //! nothing. Accepted records go through the one merge rule in `Store::apply`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::ServiceError;
 use crate::clock::{Hlc, Observation};
-use crate::merkle::Hash;
+use crate::codec;
+use crate::merkle::{self, Hash};
 use crate::model::todo::StoredTodo;
 use crate::model::{Key, Record, Timestamp};
 use crate::store::Store;
-use crate::wire::NodesRequest;
+use crate::wire::{self, Digest, NodesRequest, ReconcileReply, ReconcileRequest};
+
+/// A reconcile reply stops taking segments once it holds this many records.
+pub const RECONCILE_REPLY_RECORDS: usize = 50_000;
+
+/// A record's fingerprint: the digest of its Merkle entry hash (key and full version).
+pub fn fingerprint(key: &Key, record: &Record) -> Digest {
+    wire::digest(&merkle::entry_hash(&key.to_bytes(), &codec::encode_version(&record.version)))
+}
 
 #[derive(Clone)]
 pub struct ReplicaService {
@@ -57,15 +67,20 @@ impl ReplicaService {
         self.store.merkle_root()
     }
 
-    /// The children of every requested node, in request order.
-    pub fn children(&self, request: &NodesRequest) -> Vec<Hash> {
+    /// Records this node holds (live; an estimate of how full the leaves are).
+    pub fn record_count(&self) -> u64 {
+        let counts = self.store.counts();
+        counts.todos + counts.docs
+    }
+
+    /// The requested descendants of every requested node, in request order.
+    pub fn descendants(&self, request: &NodesRequest) -> Vec<Hash> {
+        let (level, depth) = (request.level.into(), request.depth.into());
         request
             .indices
             .iter()
             .flat_map(|index| {
-                self.store
-                    .merkle_children(request.level.into(), *index as usize)
-                    .unwrap_or_default()
+                self.store.merkle_descendants(level, *index as usize, depth).unwrap_or_default()
             })
             .collect()
     }
@@ -76,6 +91,43 @@ impl ReplicaService {
             out.extend(self.store.records_in_segment(*segment)?);
         }
         Ok(out)
+    }
+
+    /// Answers a peer's reconcile request: our records in its segments that it did not
+    /// fingerprint, and the positions of its fingerprints we do not hold. Stops after the
+    /// segment that brings the reply past [`RECONCILE_REPLY_RECORDS`]. Blocking.
+    pub fn reconcile(&self, request: &ReconcileRequest) -> Result<ReconcileReply, ServiceError> {
+        self.reconcile_within(request, RECONCILE_REPLY_RECORDS)
+    }
+
+    fn reconcile_within(
+        &self,
+        request: &ReconcileRequest,
+        budget: usize,
+    ) -> Result<ReconcileReply, ServiceError> {
+        let mut reply = ReconcileReply::default();
+        let mut position = 0u32;
+        for (segment, theirs) in &request.segments {
+            if reply.records.len() >= budget {
+                break;
+            }
+            let ours = self.store.records_in_segment(*segment)?;
+            let our_prints: HashSet<Digest> =
+                ours.iter().map(|(key, record)| fingerprint(key, record)).collect();
+            let their_prints: HashSet<&Digest> = theirs.iter().collect();
+            for print in theirs {
+                if !our_prints.contains(print) {
+                    reply.wanted.push(position);
+                }
+                position += 1;
+            }
+            reply.records.extend(
+                ours.into_iter()
+                    .filter(|(key, record)| !their_prints.contains(&fingerprint(key, record))),
+            );
+            reply.covered += 1;
+        }
+        Ok(reply)
     }
 
     /// Validates the whole batch, then merges it and waits until it is durable.
@@ -156,6 +208,56 @@ mod tests {
         assert_eq!(store.get(&old).unwrap(), None);
         assert!(store.get(&fresh).unwrap().is_some());
         assert_eq!(replica.purge_expired(10).unwrap(), 0);
+    }
+
+    #[test]
+    fn reconcile_sends_what_the_asker_lacks_and_names_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
+        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let keys: Vec<Key> = (0..40).map(|n| Key::doc(&format!("k{n}")).unwrap()).collect();
+        for (n, key) in keys.iter().enumerate() {
+            store.apply(key, tombstone(99_000 + n as u64)).unwrap();
+        }
+        let mut segments: Vec<u16> =
+            keys.iter().map(|key| merkle::segment_of(&key.to_bytes())).collect();
+        segments.sort_unstable();
+        segments.dedup();
+        // The asker holds k0 as we do, plus one record we lack, in k0's segment.
+        let k0 = (keys[0].clone(), store.get(&keys[0]).unwrap().unwrap());
+        let k0_segment = merkle::segment_of(&k0.0.to_bytes());
+        let unknown: Digest = [7; 8];
+        let request = ReconcileRequest {
+            segments: segments
+                .iter()
+                .map(|s| {
+                    (
+                        *s,
+                        if *s == k0_segment {
+                            vec![fingerprint(&k0.0, &k0.1), unknown]
+                        } else {
+                            vec![]
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let reply = replica.reconcile(&request).unwrap();
+        assert_eq!(reply.covered as usize, segments.len());
+        assert_eq!(reply.records.len(), 39);
+        assert!(!reply.records.iter().any(|(key, _)| *key == k0.0));
+        // Positions run over all fingerprints in request order: k0's is 0, the unknown 1.
+        assert_eq!(reply.wanted, vec![1]);
+
+        // A small budget stops early, after whole segments.
+        let reply = replica.reconcile_within(&request, 10).unwrap();
+        assert!((reply.covered as usize) < segments.len());
+        assert!(reply.records.len() >= 10);
+        let covered = &request.segments[..reply.covered as usize];
+        assert!(reply.records.iter().all(|(key, _)| {
+            covered.iter().any(|(s, _)| *s == merkle::segment_of(&key.to_bytes()))
+        }));
     }
 
     #[tokio::test]

@@ -339,10 +339,17 @@ impl Store {
 
     /// The hashes of the children of the Merkle node at `level` (0 = root) and `index`,
     /// or `None` when that node is a leaf or does not exist.
-    pub fn merkle_children(&self, level: usize, index: usize) -> Option<Vec<Hash>> {
+    /// The Merkle nodes `depth` levels below node (`level`, `index`), or `None` if
+    /// there is no such node or the tree is not that deep below it.
+    pub fn merkle_descendants(
+        &self,
+        level: usize,
+        index: usize,
+        depth: usize,
+    ) -> Option<Vec<Hash>> {
         let state = self.lock_write();
-        (level < merkle::DEPTH && state.merkle.node(level, index).is_some())
-            .then(|| state.merkle.children(level, index).to_vec())
+        (depth > 0 && level + depth <= merkle::DEPTH && state.merkle.node(level, index).is_some())
+            .then(|| state.merkle.descendants(level, index, depth).to_vec())
     }
 
     /// Every record (tombstones included) whose key falls in Merkle leaf `segment`.

@@ -209,14 +209,21 @@ fn a_leaf_lists_exactly_its_records_and_children_xor_to_the_parent() {
         listed += 1;
     }
     assert_eq!(listed, 300);
-    let children = store.merkle_children(0, 0).unwrap();
-    let xor = children.iter().fold([0u8; 32], |mut acc, child| {
-        acc.iter_mut().zip(child).for_each(|(a, c)| *a ^= c);
-        acc
-    });
-    assert_eq!(xor, store.merkle_root());
-    assert!(store.merkle_children(merkle::DEPTH, 0).is_none());
-    assert!(store.merkle_children(1, 16).is_none());
+    let children = store.merkle_descendants(0, 0, 1).unwrap();
+    let leaves = store.merkle_descendants(0, 0, merkle::DEPTH).unwrap();
+    assert_eq!(leaves.len(), merkle::LEAVES);
+    let fold = |hashes: &[[u8; 32]]| {
+        hashes.iter().fold([0u8; 32], |mut acc, hash| {
+            acc.iter_mut().zip(hash).for_each(|(a, h)| *a ^= h);
+            acc
+        })
+    };
+    assert_eq!(fold(&leaves), store.merkle_root());
+    assert_eq!(fold(&leaves[..merkle::LEAVES / 16]), children[0]);
+    assert!(store.merkle_descendants(merkle::DEPTH, 0, 1).is_none());
+    assert!(store.merkle_descendants(1, 0, merkle::DEPTH).is_none());
+    assert!(store.merkle_descendants(0, 0, 0).is_none());
+    assert!(store.merkle_descendants(1, 16, 1).is_none());
 }
 
 #[test]

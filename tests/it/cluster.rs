@@ -437,3 +437,66 @@ async fn a_node_that_left_is_shown_left_and_is_alive_again_after_it_returns() {
         member.node.shutdown().await.unwrap();
     }
 }
+
+async fn sync_now(http: &reqwest::Client, from: &Member, peer: &Member) -> Value {
+    let url = format!("{}/internal/v1/sync?peer={}", from.base, peer.node.addr());
+    let reply = http.post(url).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.json().await.unwrap()
+}
+
+async fn create_todos(http: &reqwest::Client, member: &Member, prefix: &str, count: usize) {
+    for n in 0..count {
+        let body = json!({"todo": format!("{prefix} {n}"), "extern_id": format!("{prefix}-{n}")});
+        let reply = http.post(format!("{}/todos", member.base)).json(&body).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::CREATED);
+    }
+}
+
+/// One round moves exactly the records one side holds and the other does not (by key
+/// and version), and leaves equal roots (two nodes that do not know each other: no
+/// background sync). A key changed on both sides crosses both ways once; a key changed
+/// on one side only is not sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_moves_exactly_the_differing_records() {
+    let http = client();
+    let (a, b) = (start(vec![], None).await, start(vec![], None).await);
+    ready(&http, &a).await;
+    ready(&http, &b).await;
+    let root = |m: &Member| m.node.services().status().merkle_root;
+
+    create_todos(&http, &a, "shared", 600).await;
+    let report = sync_now(&http, &b, &a).await;
+    assert_eq!((report["pulled"].as_u64(), report["pushed"].as_u64()), (Some(600), Some(0)));
+    assert_eq!(root(&a), root(&b));
+    let idle = sync_now(&http, &b, &a).await;
+    assert_eq!((idle["requests"].as_u64(), idle["pulled"].as_u64()), (Some(1), Some(0)));
+
+    // Five newer versions on a, three new todos and one newer version on b.
+    for n in 0..5 {
+        let url = format!("{}/todos/{}", a.base, kvs::model::todo::todo_id(&format!("shared-{n}")));
+        let reply = http.patch(url).json(&json!({"completed": true})).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+    }
+    create_todos(&http, &b, "only-b", 3).await;
+    let url = format!("{}/todos/{}", b.base, kvs::model::todo::todo_id("shared-599"));
+    let reply = http.patch(url).json(&json!({"todo": "edited on b"})).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+
+    let report = sync_now(&http, &b, &a).await;
+    // Pulled: a's 5 newer versions and a's older shared-599 (b cannot tell it apart by
+    // fingerprint). Pushed: b's 3 new todos and its newer shared-599.
+    assert_eq!(report["pulled"].as_u64(), Some(6), "{report}");
+    assert_eq!(report["pushed"].as_u64(), Some(4), "{report}");
+    assert_eq!(root(&a), root(&b));
+    let edited = todo_on(&http, &a, &kvs::model::todo::todo_id("shared-599").to_string()).await;
+    assert_eq!(edited.unwrap()["todo"], "edited on b");
+
+    // A peer that is not there is a 502 naming it, and changes nothing.
+    let before = root(&b);
+    let url = format!("{}/internal/v1/sync?peer=127.0.0.1:1", b.base);
+    let reply = http.post(url).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_GATEWAY);
+    assert!(reply.text().await.unwrap().contains("127.0.0.1:1"));
+    assert_eq!(root(&b), before);
+}
