@@ -9,6 +9,8 @@
 //! ```
 
 mod procs;
+mod proxy;
+mod repair;
 mod report;
 mod scenarios;
 
@@ -29,6 +31,9 @@ enum Scenario {
     MerkleCost,
     /// 3 and 5 nodes: write on one, poll the others; push on and off
     Propagation,
+    /// Two nodes with --records todos, d of them newer on one: one sync round through a
+    /// counting proxy (time, bytes each way, requests)
+    Repair,
     /// Load --records todos: disk and RSS per record, restart to ready, bootstrap of a new node
     Scale,
     /// All of the above
@@ -131,6 +136,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Read => scenarios::read(&settings, &http).await,
                 Scenario::MerkleCost => scenarios::merkle_cost(&settings, &http).await,
                 Scenario::Propagation => scenarios::propagation(&settings, &http).await,
+                Scenario::Repair => repair::repair(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),
             }

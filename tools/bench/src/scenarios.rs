@@ -11,7 +11,7 @@ use crate::procs::{self, Proc};
 use crate::report::Figure;
 use crate::Settings;
 
-const READY: Duration = Duration::from_secs(300);
+pub const READY: Duration = Duration::from_secs(300);
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -40,7 +40,12 @@ fn todo_body(n: usize) -> Value {
 }
 
 /// Creates `count` todos with `clients` concurrent clients; returns the payload bytes.
-async fn load(http: &reqwest::Client, node: &Proc, count: usize, clients: usize) -> Result<u64> {
+pub async fn load(
+    http: &reqwest::Client,
+    node: &Proc,
+    count: usize,
+    clients: usize,
+) -> Result<u64> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
