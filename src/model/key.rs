@@ -6,6 +6,10 @@ pub const MAX_DOC_PATH_BYTES: usize = 1024;
 
 const TODO_PREFIX: &str = "todo/";
 const DOC_PREFIX: &str = "kv/";
+/// First byte of a todo key's byte form (then the 16 id bytes). No document key starts
+/// with it: theirs start with `kv/`.
+const TODO_TAG: u8 = 0x01;
+const TODO_KEY_BYTES: usize = 17;
 
 /// A record key. It can only be built by parsing or from a typed id, so every key the
 /// store or a peer sees has already been validated.
@@ -48,21 +52,34 @@ impl Key {
         Ok(Key::Doc(path.to_owned()))
     }
 
-    /// The byte form used on disk and on the wire.
+    /// The byte form used on disk and on the wire: a todo is its tag byte and the 16
+    /// bytes of its id (17 bytes, where the text form takes 41); a document is
+    /// `kv/<path>`.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Key::Todo(id) => format!("{TODO_PREFIX}{}", id.hyphenated()).into_bytes(),
+            Key::Todo(id) => {
+                let mut bytes = Vec::with_capacity(TODO_KEY_BYTES);
+                bytes.push(TODO_TAG);
+                bytes.extend_from_slice(id.as_bytes());
+                bytes
+            }
             Key::Doc(path) => format!("{DOC_PREFIX}{path}").into_bytes(),
         }
     }
 
+    /// True when `bytes` is the byte form of a todo key (a cheap test for counting).
+    pub fn is_todo_bytes(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&TODO_TAG)
+    }
+
     /// Parses the byte form, with every check a client-supplied key gets.
     pub fn from_bytes(bytes: &[u8]) -> Result<Key, KeyError> {
+        if Key::is_todo_bytes(bytes) {
+            let id: [u8; 16] = bytes[1..].try_into().map_err(|_| KeyError::BadTodoId)?;
+            return Ok(Key::Todo(Uuid::from_bytes(id)));
+        }
         let text = std::str::from_utf8(bytes).map_err(|_| KeyError::NotUtf8)?;
-        if let Some(id) = text.strip_prefix(TODO_PREFIX) {
-            let id = Uuid::try_parse(id).map_err(|_| KeyError::BadTodoId)?;
-            Ok(Key::Todo(id))
-        } else if let Some(path) = text.strip_prefix(DOC_PREFIX) {
+        if let Some(path) = text.strip_prefix(DOC_PREFIX) {
             Key::doc(path)
         } else {
             Err(KeyError::UnknownCollection)
@@ -94,7 +111,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_bytes() {
-        assert_eq!(Key::from_bytes(b"todo/nope"), Err(KeyError::BadTodoId));
+        assert_eq!(Key::from_bytes(b"\x01nope"), Err(KeyError::BadTodoId));
+        assert_eq!(Key::from_bytes(&[1; 18]), Err(KeyError::BadTodoId));
+        assert_eq!(Key::from_bytes(b"todo/1"), Err(KeyError::UnknownCollection));
         assert_eq!(Key::from_bytes(b"other/x"), Err(KeyError::UnknownCollection));
         assert_eq!(Key::from_bytes(&[0xff, 0xfe]), Err(KeyError::NotUtf8));
     }

@@ -45,6 +45,11 @@ pub enum StoreError {
     Corrupt { key: String, source: CodecError },
     #[error("stored metadata {0:?} is unreadable")]
     CorruptMeta(&'static str),
+    #[error(
+        "the data directory holds store format {found}; this build reads format \
+         {STORE_FORMAT} (move the directory away and let the node bootstrap from its peers)"
+    )]
+    Format { found: u8 },
     #[error("record for {key} holds an invalid todo: {reason}")]
     InvalidTodo { key: String, reason: String },
     #[error("flushing to disk failed: {0}")]
@@ -125,6 +130,11 @@ pub struct Store {
 /// A position in the newest-first todo listing (opaque to clients).
 pub type TodoCursor = [u8; 24];
 
+/// The layout of keys and values in the trees. Format 1 (before 2026-11-22) had text
+/// todo keys and JSON todo values; bump when either changes.
+pub const STORE_FORMAT: u8 = 2;
+
+const META_FORMAT: &str = "store_format";
 const META_NODE_ID: &str = "node_id";
 const META_JOINED_AT: &str = "joined_at";
 const META_LAST_CONTACT: &str = "last_contact";
@@ -148,6 +158,7 @@ impl Store {
         let records = db.open_tree("records")?;
         let indexes = Indexes::open(&db)?;
         let meta = db.open_tree("meta")?;
+        check_format(&db, &meta, &records)?;
         let identity = load_or_create_identity(&db, &meta, now_ms)?;
         let (write, highest_ts_at_open) = scan(&records)?;
         let data_file = File::open(dir.join("db")).ok();
@@ -473,10 +484,16 @@ fn record_key_in(segment: u16, key_bytes: &[u8]) -> Vec<u8> {
 }
 
 fn decode(key_bytes: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
-    codec::decode_record(bytes).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key_bytes).into_owned(),
-        source,
-    })
+    codec::decode_record(bytes)
+        .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })
+}
+
+/// A stored key as a log or error names it.
+fn key_text(key_bytes: &[u8]) -> String {
+    match Key::from_bytes(key_bytes) {
+        Ok(key) => key.to_string(),
+        Err(_) => String::from_utf8_lossy(key_bytes).into_owned(),
+    }
 }
 
 fn entry_of(key_bytes: &[u8], record: &Record) -> Hash {
@@ -503,14 +520,12 @@ fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
         let (stored_key, bytes) = entry?;
         let key_bytes = stored_key.get(2..).unwrap_or_default();
         let segment = u16::from_be_bytes([stored_key[0], stored_key.get(1).copied().unwrap_or(0)]);
-        let (version, live) = codec::peek_record(&bytes).map_err(|source| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key_bytes).into_owned(),
-            source,
-        })?;
+        let (version, live) = codec::peek_record(&bytes)
+            .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })?;
         merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
         highest = highest.max(codec::decode_version(version).ts);
         if live {
-            if key_bytes.starts_with(b"todo/") {
+            if Key::is_todo_bytes(key_bytes) {
                 counts.todos += 1;
             } else {
                 counts.docs += 1;
@@ -518,6 +533,20 @@ fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
         }
     }
     Ok((WriteState { merkle, counts }, highest))
+}
+
+/// Refuses a directory written in another format; marks a new one with ours.
+fn check_format(db: &sled::Db, meta: &sled::Tree, records: &sled::Tree) -> Result<(), StoreError> {
+    match meta.get(META_FORMAT)? {
+        Some(found) if found.as_ref() == [STORE_FORMAT] => Ok(()),
+        Some(found) => Err(StoreError::Format { found: found.first().copied().unwrap_or(0) }),
+        None if !records.is_empty() => Err(StoreError::Format { found: 1 }),
+        None => {
+            meta.insert(META_FORMAT, &[STORE_FORMAT])?;
+            db.flush()?;
+            Ok(())
+        }
+    }
 }
 
 fn load_or_create_identity(

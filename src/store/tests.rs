@@ -272,3 +272,20 @@ fn discard_all_empties_the_store_but_keeps_identity_and_contact() {
     assert_eq!(store.identity(), identity);
     assert_eq!(store.last_contact().unwrap(), Some(77));
 }
+
+#[test]
+fn a_directory_in_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), 1).unwrap();
+        store.apply(&doc("a"), record(1, 1, 1, Some(b"1"))).unwrap();
+        store.close().unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta").unwrap().insert("store_format", &[1u8]).unwrap();
+        db.flush().unwrap();
+    }
+    let error = Store::open(dir.path(), 1).err().expect("format 1 must be refused").to_string();
+    assert!(error.contains("store format 1") && error.contains("format 2"), "{error}");
+}
