@@ -231,28 +231,30 @@ async fn visibility(
         procs::wait_ready(http, node, READY).await?;
     }
     wait_for_members(http, &first, nodes).await?;
-    let writes = settings.propagation_writes;
-    let mut latencies = Vec::with_capacity(writes);
-    for n in 0..writes {
-        let started = Instant::now();
-        let reply: Value = http
-            .post(format!("{}/todos", first.base()))
-            .json(&todo_body(n))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = reply["id"].as_str().context("create answered no id")?.to_owned();
-        for node in &others {
-            let url = format!("{}/todos/{id}", node.base());
-            while !http.get(&url).send().await?.status().is_success() {
-                if started.elapsed() > Duration::from_secs(30) {
-                    bail!("write {n} not visible on {} after 30 s", node.name);
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+    // With push, writes go one after another and are polled every 200 µs. Without push,
+    // visibility takes about a sync interval, so writes start every 20 ms, overlapping,
+    // each polled every 5 ms: enough samples for a p99 in seconds, not minutes.
+    let (spacing, poll) = if push {
+        (Duration::ZERO, Duration::from_micros(200))
+    } else {
+        (Duration::from_millis(20), Duration::from_millis(5))
+    };
+    let urls: Vec<(String, String)> =
+        others.iter().map(|node| (node.name.clone(), node.base())).collect();
+    let (mut latencies, mut pending) = (Vec::new(), Vec::new());
+    for n in 0..settings.propagation_writes {
+        let (http, first, urls) = (http.clone(), first.base(), urls.clone());
+        let task =
+            tokio::spawn(async move { write_then_poll(&http, &first, &urls, n, poll).await });
+        if push {
+            latencies.push(task.await??);
+        } else {
+            pending.push(task);
+            tokio::time::sleep(spacing).await;
         }
-        latencies.push(started.elapsed());
+    }
+    for task in pending {
+        latencies.push(task.await??);
     }
     latencies.sort();
     for node in others {
@@ -260,6 +262,31 @@ async fn visibility(
     }
     first.stop()?;
     Ok(latencies)
+}
+
+/// Creates todo `n` on `first`, then polls every node of `others` until it serves it;
+/// returns the time from the write's start.
+async fn write_then_poll(
+    http: &reqwest::Client,
+    first: &str,
+    others: &[(String, String)],
+    n: usize,
+    poll: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let reply: Value =
+        http.post(format!("{first}/todos")).json(&todo_body(n)).send().await?.json().await?;
+    let id = reply["id"].as_str().context("create answered no id")?.to_owned();
+    for (name, base) in others {
+        let url = format!("{base}/todos/{id}");
+        while !http.get(&url).send().await?.status().is_success() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("write {n} not visible on {name} after 30 s");
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+    Ok(started.elapsed())
 }
 
 async fn wait_for_members(http: &reqwest::Client, node: &Proc, count: usize) -> Result<()> {
