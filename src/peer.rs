@@ -126,8 +126,11 @@ impl PeerClient {
         Self::wire(addr, ReconcileReply::decode(&body, request))
     }
 
-    pub async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<(), PeerError> {
-        self.call(addr, "records", Some(wire::compress_batch(records))).await.map(drop)
+    /// Sends records to be merged; returns the bytes of the batch sent.
+    pub async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+        let batch = wire::compress_batch(records);
+        let bytes = batch.len();
+        self.call(addr, "records", Some(batch)).await.map(|_| bytes)
     }
 
     /// Sends our member list, returns theirs.

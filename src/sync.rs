@@ -3,7 +3,7 @@
 //! One round with a peer:
 //! 1. compare roots (one request, 32 bytes); equal roots end the round;
 //! 2. walk down the differing subtrees, all differing nodes of a level per request, as
-//!    8-byte digests. Where differences are dense (≥ 3/4 of the last step's nodes
+//!    4-byte digests through a window picked at random for the round (see `wire`). Where differences are dense (≥ 3/4 of the last step's nodes
 //!    differ) a request skips a level and asks for grandchildren: the bytes are about the
 //!    same and a round trip is saved. The walk stops early once a differing subtree
 //!    holds few records (≤ 16 on our side), since their fingerprints then cost less
@@ -37,7 +37,7 @@ pub const MAX_PUSHES_IN_FLIGHT: usize = 256;
 pub const RECONCILE_BELOW_RECORDS: u64 = FANOUT as u64;
 
 /// Fingerprints per reconcile request (1 MiB of them), and segments at most.
-pub const FINGERPRINTS_PER_REQUEST: usize = 131_072;
+pub const FINGERPRINTS_PER_REQUEST: usize = 262_144;
 pub const SEGMENTS_PER_REQUEST: usize = 8_192;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,9 @@ pub struct RoundReport {
     pub differing_segments: usize,
     pub pulled: usize,
     pub pushed: usize,
+    /// Bytes the pulled and pushed record batches took on the wire (compressed); the
+    /// rest of a round's traffic is metadata and HTTP.
+    pub record_bytes: usize,
 }
 
 /// One anti-entropy round with the peer at `addr`.
@@ -71,9 +74,10 @@ pub async fn sync_round(
     if theirs == replica.root() {
         return Ok(report);
     }
-    let segments = differing_segments(peer, replica, addr, &mut report).await?;
+    let window = rand::random_range(0..wire::WINDOWS);
+    let segments = differing_segments(peer, replica, addr, window, &mut report).await?;
     report.differing_segments = segments.len();
-    reconcile(peer, replica, addr, &segments, &mut report).await?;
+    reconcile(peer, replica, addr, window, &segments, &mut report).await?;
     Ok(report)
 }
 
@@ -82,6 +86,7 @@ async fn differing_segments(
     peer: &PeerClient,
     replica: &ReplicaService,
     addr: &str,
+    window: u8,
     report: &mut RoundReport,
 ) -> Result<Vec<u16>, SyncError> {
     let records = replica.record_count();
@@ -91,7 +96,8 @@ async fn differing_segments(
     };
     while !differing.is_empty() && worth_walking(level) {
         let depth = if dense { 2 } else { 1 }.min(DEPTH - level);
-        let request = NodesRequest { level: level as u8, depth: depth as u8, indices: differing };
+        let (level_u8, depth_u8) = (level as u8, depth as u8);
+        let request = NodesRequest { window, level: level_u8, depth: depth_u8, indices: differing };
         let theirs = peer.descendants(addr, &request).await?;
         report.requests += 1;
         let ours = replica.descendants(&request);
@@ -100,7 +106,7 @@ async fn differing_segments(
         for (position, index) in request.indices.iter().enumerate() {
             for below in 0..width {
                 let at = position * width + below;
-                if ours.get(at).map(wire::digest).as_ref() != theirs.get(at) {
+                if ours.get(at).map(|hash| wire::digest(hash, window)).as_ref() != theirs.get(at) {
                     differing.push(index * width as u32 + below as u32);
                 }
             }
@@ -121,6 +127,7 @@ async fn reconcile(
     peer: &PeerClient,
     replica: &ReplicaService,
     addr: &str,
+    window: u8,
     segments: &[u16],
     report: &mut RoundReport,
 ) -> Result<(), SyncError> {
@@ -128,7 +135,7 @@ async fn reconcile(
     while next < segments.len() {
         let (reader, wanted) = (replica.clone(), segments[next..].to_vec());
         let (request, ours) =
-            tokio::task::spawn_blocking(move || our_side(&reader, &wanted)).await??;
+            tokio::task::spawn_blocking(move || our_side(&reader, window, &wanted)).await??;
         let reply = peer.reconcile(addr, &request).await?;
         report.requests += 1;
         next += reply.covered as usize;
@@ -143,10 +150,11 @@ async fn reconcile(
             .cloned()
             .collect();
         report.pulled += reply.records.len();
+        report.record_bytes += reply.records_bytes;
         replica.merge(reply.records).await?;
         if !to_push.is_empty() {
             report.pushed += to_push.len();
-            peer.push(addr, &to_push).await?;
+            report.record_bytes += peer.push(addr, &to_push).await?;
             report.requests += 1;
         }
     }
@@ -157,9 +165,11 @@ async fn reconcile(
 /// in the order of its fingerprints. Blocking.
 fn our_side(
     replica: &ReplicaService,
+    window: u8,
     segments: &[u16],
 ) -> Result<(ReconcileRequest, Vec<(Key, Record)>), ServiceError> {
-    let (mut request, mut ours) = (ReconcileRequest::default(), Vec::new());
+    let mut request = ReconcileRequest { window, segments: Vec::new() };
+    let mut ours = Vec::new();
     for segment in segments.iter().take(SEGMENTS_PER_REQUEST) {
         let records = replica.records_in(&[*segment])?;
         let full =
@@ -167,7 +177,7 @@ fn our_side(
         if full {
             break;
         }
-        let prints = records.iter().map(|(key, record)| fingerprint(key, record)).collect();
+        let prints = records.iter().map(|(key, record)| fingerprint(key, record, window)).collect();
         request.segments.push((*segment, prints));
         ours.extend(records);
     }

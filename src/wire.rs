@@ -12,9 +12,13 @@
 //!   the answerer's records the asker lacks, and which of the asker's it lacks.
 //! - records: `POST /internal/v1/records` with a zstd batch → applied by merge.
 //!
-//! Below the root, node hashes and record fingerprints travel as [`Digest`]s: the first
-//! 8 bytes of the 32-byte hash. Two different subtrees (or records) look equal with
-//! probability 2⁻⁶⁴ per comparison; the root is always compared in full.
+//! Below the root, node hashes and record fingerprints travel as 4-byte [`Digest`]s: one
+//! of the eight 4-byte windows of the 32-byte hash, picked by the asker at random for
+//! each round and named in every request. The windows of a blake3 output (and of XORs
+//! of them) are independent, so two different subtrees or records look equal with
+//! probability 2⁻³² in one round, and a miss is not repeated in the next: the root, which
+//! is always compared in full, still differs, and the next round looks through another
+//! window.
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{Hash, DEPTH, FANOUT};
@@ -24,8 +28,10 @@ pub const VERSION: u8 = 1;
 /// At most this many nodes or segments in one request, digests in one reply.
 pub const MAX_ITEMS: usize = 65_536;
 /// Bytes of a hash sent below the root.
-pub const DIGEST_BYTES: usize = 8;
-/// At most this many fingerprints in one reconcile request (8 MiB).
+pub const DIGEST_BYTES: usize = 4;
+/// Windows of a 32-byte hash a digest may be taken from.
+pub const WINDOWS: u8 = (32 / DIGEST_BYTES) as u8;
+/// At most this many fingerprints in one reconcile request (4 MiB).
 pub const MAX_FINGERPRINTS: usize = 1 << 20;
 /// At most this many records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 200_000;
@@ -50,6 +56,8 @@ pub enum WireError {
     BadDepth { level: u8, depth: u8 },
     #[error("reply does not match its request: {0}")]
     Mismatch(&'static str),
+    #[error("digest window {0} does not exist (there are {WINDOWS})")]
+    BadWindow(u8),
     #[error("bad key: {0}")]
     Key(#[from] KeyError),
     #[error("bad record: {0}")]
@@ -108,16 +116,29 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A hash as it travels below the root: its first [`DIGEST_BYTES`] bytes.
+/// A hash as it travels below the root: [`DIGEST_BYTES`] of its bytes, from one window.
 pub type Digest = [u8; DIGEST_BYTES];
 
-pub fn digest(hash: &Hash) -> Digest {
-    hash[..DIGEST_BYTES].try_into().expect("a hash is longer than a digest")
+/// Window `window` (< [`WINDOWS`]) of `hash`.
+pub fn digest(hash: &Hash, window: u8) -> Digest {
+    let at = usize::from(window % WINDOWS) * DIGEST_BYTES;
+    hash[at..at + DIGEST_BYTES].try_into().expect("a window lies inside the hash")
 }
 
-/// "Send me the descendants `depth` levels below these inner nodes, all on one level."
+impl Reader<'_> {
+    fn window(&mut self) -> Result<u8, WireError> {
+        match self.u8("digest window")? {
+            window if window < WINDOWS => Ok(window),
+            other => Err(WireError::BadWindow(other)),
+        }
+    }
+}
+
+/// "Send me the descendants `depth` levels below these inner nodes, all on one level,
+/// as digests through `window`."
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodesRequest {
+    pub window: u8,
     pub level: u8,
     pub depth: u8,
     pub indices: Vec<u32>,
@@ -130,8 +151,9 @@ impl NodesRequest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(7 + 4 * self.indices.len());
+        let mut out = Vec::with_capacity(8 + 4 * self.indices.len());
         out.push(VERSION);
+        out.push(self.window);
         out.push(self.level);
         out.push(self.depth);
         out.extend_from_slice(&(self.indices.len() as u32).to_be_bytes());
@@ -144,6 +166,7 @@ impl NodesRequest {
     pub fn decode(bytes: &[u8]) -> Result<NodesRequest, WireError> {
         let mut reader = Reader { bytes };
         reader.version()?;
+        let window = reader.window()?;
         let level = reader.u8("level")?;
         let depth = reader.u8("depth")?;
         if depth == 0 || usize::from(level) + usize::from(depth) > DEPTH {
@@ -160,12 +183,12 @@ impl NodesRequest {
             indices.push(index);
         }
         reader.finish()?;
-        Ok(NodesRequest { level, depth, indices })
+        Ok(NodesRequest { window, level, depth, indices })
     }
 }
 
-pub fn encode_digests(hashes: &[Hash]) -> Vec<u8> {
-    hashes.iter().flat_map(digest).collect()
+pub fn encode_digests(hashes: &[Hash], window: u8) -> Vec<u8> {
+    hashes.iter().flat_map(|hash| digest(hash, window)).collect()
 }
 
 pub fn decode_digests(bytes: &[u8], expected: usize) -> Result<Vec<Digest>, WireError> {
@@ -183,10 +206,11 @@ pub fn decode_root(bytes: &[u8]) -> Result<Hash, WireError> {
     bytes.try_into().map_err(|_| WireError::Truncated("root"))
 }
 
-/// Leaf segments, each with the fingerprints ([`Digest`]s of `entry_hash`) of the
-/// asker's records in it.
+/// Leaf segments, each with the fingerprints (digests of `entry_hash` through `window`)
+/// of the asker's records in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileRequest {
+    pub window: u8,
     pub segments: Vec<(u16, Vec<Digest>)>,
 }
 
@@ -196,8 +220,10 @@ impl ReconcileRequest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(5 + 6 * self.segments.len() + 8 * self.fingerprints());
+        let capacity = 6 + 6 * self.segments.len() + DIGEST_BYTES * self.fingerprints();
+        let mut out = Vec::with_capacity(capacity);
         out.push(VERSION);
+        out.push(self.window);
         out.extend_from_slice(&(self.segments.len() as u32).to_be_bytes());
         for (segment, prints) in &self.segments {
             out.extend_from_slice(&segment.to_be_bytes());
@@ -210,6 +236,7 @@ impl ReconcileRequest {
     pub fn decode(bytes: &[u8]) -> Result<ReconcileRequest, WireError> {
         let mut reader = Reader { bytes };
         reader.version()?;
+        let window = reader.window()?;
         let count = reader.count("segment", MAX_ITEMS)?;
         let mut segments = Vec::with_capacity(count);
         let mut total = 0;
@@ -222,7 +249,7 @@ impl ReconcileRequest {
             segments.push((segment, prints.collect()));
         }
         reader.finish()?;
-        Ok(ReconcileRequest { segments })
+        Ok(ReconcileRequest { window, segments })
     }
 }
 
@@ -237,6 +264,8 @@ pub struct ReconcileReply {
     /// The answerer's records in the covered segments whose fingerprints the asker did
     /// not send.
     pub records: Vec<(Key, Record)>,
+    /// Bytes the records took on the wire (set by `decode`; `encode` ignores it).
+    pub records_bytes: usize,
 }
 
 impl ReconcileReply {
@@ -269,8 +298,9 @@ impl ReconcileReply {
             }
             wanted.push(at);
         }
+        let records_bytes = reader.bytes.len();
         let records = decompress_batch(reader.bytes)?;
-        Ok(ReconcileReply { covered, wanted, records })
+        Ok(ReconcileReply { covered, wanted, records, records_bytes })
     }
 }
 
@@ -366,30 +396,42 @@ mod tests {
 
         #[test]
         fn requests_round_trip(
+            window in 0u8..WINDOWS,
             level in 0u8..4,
             depth in 1u8..5,
             indices in prop::collection::vec(any::<u32>(), 0..16),
-            segments in prop::collection::vec((any::<u16>(), prop::collection::vec(any::<[u8; 8]>(), 0..20)), 0..20),
+            segments in prop::collection::vec((any::<u16>(), prop::collection::vec(any::<Digest>(), 0..20)), 0..20),
         ) {
             let depth = depth.min(DEPTH as u8 - level);
             let fits = MAX_ITEMS / FANOUT.pow(depth.into());
             let indices = indices.into_iter().take(fits).map(|i| i % 16u32.pow(level.into())).collect();
-            let request = NodesRequest { level, depth, indices };
+            let request = NodesRequest { window, level, depth, indices };
             prop_assert_eq!(NodesRequest::decode(&request.encode()).unwrap(), request);
-            let request = ReconcileRequest { segments };
+            let request = ReconcileRequest { window, segments };
             prop_assert_eq!(ReconcileRequest::decode(&request.encode()).unwrap(), request);
         }
 
         #[test]
         fn reconcile_replies_round_trip(
-            prints in prop::collection::vec(any::<[u8; 8]>(), 1..40),
+            prints in prop::collection::vec(any::<Digest>(), 1..40),
             picks in prop::collection::btree_set(0u32..40, 0..10),
             records in prop::collection::vec(arb_entry(), 0..10),
         ) {
-            let request = ReconcileRequest { segments: vec![(7, prints.clone()), (9, Vec::new())] };
+            let request =
+                ReconcileRequest { window: 0, segments: vec![(7, prints.clone()), (9, Vec::new())] };
             let wanted: Vec<u32> = picks.into_iter().filter(|at| (*at as usize) < prints.len()).collect();
-            let reply = ReconcileReply { covered: 2, wanted, records };
-            prop_assert_eq!(ReconcileReply::decode(&reply.encode(), &request).unwrap(), reply);
+            let header = 9 + 4 * wanted.len();
+            let reply = ReconcileReply { covered: 2, wanted, records, records_bytes: 0 };
+            let encoded = reply.encode();
+            let decoded = ReconcileReply::decode(&encoded, &request).unwrap();
+            prop_assert_eq!(decoded.records_bytes, encoded.len() - header);
+            prop_assert_eq!(decoded, ReconcileReply { records_bytes: encoded.len() - header, ..reply });
+        }
+
+        #[test]
+        fn a_digest_is_the_named_window(hash in any::<Hash>(), window in 0u8..WINDOWS) {
+            let at = usize::from(window) * DIGEST_BYTES;
+            prop_assert_eq!(&digest(&hash, window)[..], &hash[at..at + DIGEST_BYTES]);
         }
     }
 
@@ -398,47 +440,55 @@ mod tests {
         let mut lying = vec![VERSION];
         lying.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode_batch(&lying), Err(WireError::TooMany { .. })));
+        let mut lying = vec![VERSION, 0];
+        lying.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(ReconcileRequest::decode(&lying), Err(WireError::TooMany { .. })));
         let mut short = vec![VERSION];
         short.extend_from_slice(&1u32.to_be_bytes());
         short.extend_from_slice(&5u16.to_be_bytes());
         short.extend_from_slice(b"kv/a");
         assert_eq!(decode_batch(&short), Err(WireError::Truncated("key")));
-        let mut prints = vec![VERSION, 0, 0, 0, 1, 0, 7];
+        let mut prints = vec![VERSION, 0, 0, 0, 0, 1, 0, 7];
         prints.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(ReconcileRequest::decode(&prints), Err(WireError::TooMany { .. })));
-        let bad_node = NodesRequest { level: 3, depth: 1, indices: vec![4096] }.encode();
+        let bad_node = NodesRequest { window: 0, level: 3, depth: 1, indices: vec![4096] }.encode();
         assert_eq!(
             NodesRequest::decode(&bad_node),
             Err(WireError::BadNode { level: 3, index: 4096 })
         );
-        let too_deep = NodesRequest { level: 3, depth: 2, indices: vec![0] }.encode();
+        let too_deep = NodesRequest { window: 0, level: 3, depth: 2, indices: vec![0] }.encode();
         assert_eq!(
             NodesRequest::decode(&too_deep),
             Err(WireError::BadDepth { level: 3, depth: 2 })
         );
-        let request = ReconcileRequest { segments: vec![(1, vec![[0; 8]])] };
+        let no_window = NodesRequest { window: WINDOWS, level: 0, depth: 1, indices: vec![0] };
+        assert_eq!(NodesRequest::decode(&no_window.encode()), Err(WireError::BadWindow(WINDOWS)));
+        let request = ReconcileRequest { window: 1, segments: vec![(1, vec![[0; DIGEST_BYTES]])] };
         let mut trailing = request.encode();
         trailing.push(0);
         assert_eq!(ReconcileRequest::decode(&trailing), Err(WireError::Trailing(1)));
         let mut wrong_version = request.encode();
         wrong_version[0] = 9;
         assert_eq!(ReconcileRequest::decode(&wrong_version), Err(WireError::Version(9)));
+        let mut bad_window = request.encode();
+        bad_window[1] = 200;
+        assert_eq!(ReconcileRequest::decode(&bad_window), Err(WireError::BadWindow(200)));
     }
 
     #[test]
     fn replies_that_do_not_match_the_request_are_refused() {
-        let request = ReconcileRequest { segments: vec![(1, vec![[1; 8], [2; 8]]), (2, vec![])] };
+        let prints = vec![[1; DIGEST_BYTES], [2; DIGEST_BYTES]];
+        let request = ReconcileRequest { window: 0, segments: vec![(1, prints), (2, vec![])] };
         let decode = |reply: ReconcileReply| ReconcileReply::decode(&reply.encode(), &request);
-        let nothing_covered = ReconcileReply { covered: 0, ..ReconcileReply::default() };
-        assert_eq!(decode(nothing_covered), Err(WireError::Mismatch("covered segment count")));
-        let too_many = ReconcileReply { covered: 3, ..ReconcileReply::default() };
-        assert_eq!(decode(too_many), Err(WireError::Mismatch("covered segment count")));
-        let out_of_range = ReconcileReply { covered: 1, wanted: vec![2], records: vec![] };
-        assert_eq!(decode(out_of_range), Err(WireError::Mismatch("wanted positions")));
-        let unordered = ReconcileReply { covered: 1, wanted: vec![1, 0], records: vec![] };
-        assert_eq!(decode(unordered), Err(WireError::Mismatch("wanted positions")));
-        let fine = ReconcileReply { covered: 1, wanted: vec![0, 1], records: vec![] };
-        assert_eq!(decode(fine.clone()), Ok(fine));
+        let reply = |covered: u32, wanted: Vec<u32>| ReconcileReply {
+            covered,
+            wanted,
+            ..ReconcileReply::default()
+        };
+        assert_eq!(decode(reply(0, vec![])), Err(WireError::Mismatch("covered segment count")));
+        assert_eq!(decode(reply(3, vec![])), Err(WireError::Mismatch("covered segment count")));
+        assert_eq!(decode(reply(1, vec![2])), Err(WireError::Mismatch("wanted positions")));
+        assert_eq!(decode(reply(1, vec![1, 0])), Err(WireError::Mismatch("wanted positions")));
+        assert_eq!(decode(reply(1, vec![0, 1])).unwrap().wanted, vec![0, 1]);
     }
 }

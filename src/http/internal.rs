@@ -48,7 +48,8 @@ pub async fn root(State(state): State<AppState>) -> Response {
 
 pub async fn nodes(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let request = NodesRequest::decode(&body).map_err(|e| bad_peer_body("node request", e))?;
-    Ok(octets(wire::encode_digests(&state.services.replica.descendants(&request))))
+    let hashes = state.services.replica.descendants(&request);
+    Ok(octets(wire::encode_digests(&hashes, request.window)))
 }
 
 pub async fn reconcile(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -19,9 +19,11 @@ use crate::wire::{self, Digest, NodesRequest, ReconcileReply, ReconcileRequest};
 /// A reconcile reply stops taking segments once it holds this many records.
 pub const RECONCILE_REPLY_RECORDS: usize = 50_000;
 
-/// A record's fingerprint: the digest of its Merkle entry hash (key and full version).
-pub fn fingerprint(key: &Key, record: &Record) -> Digest {
-    wire::digest(&merkle::entry_hash(&key.to_bytes(), &codec::encode_version(&record.version)))
+/// A record's fingerprint: a digest of its Merkle entry hash (key and full version)
+/// through `window`.
+pub fn fingerprint(key: &Key, record: &Record, window: u8) -> Digest {
+    let entry = merkle::entry_hash(&key.to_bytes(), &codec::encode_version(&record.version));
+    wire::digest(&entry, window)
 }
 
 #[derive(Clone)]
@@ -107,13 +109,13 @@ impl ReplicaService {
     ) -> Result<ReconcileReply, ServiceError> {
         let mut reply = ReconcileReply::default();
         let mut position = 0u32;
+        let print = |(key, record): &(Key, Record)| fingerprint(key, record, request.window);
         for (segment, theirs) in &request.segments {
             if reply.records.len() >= budget {
                 break;
             }
             let ours = self.store.records_in_segment(*segment)?;
-            let our_prints: HashSet<Digest> =
-                ours.iter().map(|(key, record)| fingerprint(key, record)).collect();
+            let our_prints: HashSet<Digest> = ours.iter().map(print).collect();
             let their_prints: HashSet<&Digest> = theirs.iter().collect();
             for print in theirs {
                 if !our_prints.contains(print) {
@@ -121,10 +123,9 @@ impl ReplicaService {
                 }
                 position += 1;
             }
-            reply.records.extend(
-                ours.into_iter()
-                    .filter(|(key, record)| !their_prints.contains(&fingerprint(key, record))),
-            );
+            reply
+                .records
+                .extend(ours.into_iter().filter(|entry| !their_prints.contains(&print(entry))));
             reply.covered += 1;
         }
         Ok(reply)
@@ -227,15 +228,16 @@ mod tests {
         // The asker holds k0 as we do, plus one record we lack, in k0's segment.
         let k0 = (keys[0].clone(), store.get(&keys[0]).unwrap().unwrap());
         let k0_segment = merkle::segment_of(&k0.0.to_bytes());
-        let unknown: Digest = [7; 8];
+        let unknown: Digest = [7; 4];
         let request = ReconcileRequest {
+            window: 3,
             segments: segments
                 .iter()
                 .map(|s| {
                     (
                         *s,
                         if *s == k0_segment {
-                            vec![fingerprint(&k0.0, &k0.1), unknown]
+                            vec![fingerprint(&k0.0, &k0.1, 3), unknown]
                         } else {
                             vec![]
                         },

@@ -57,8 +57,12 @@ pub async fn repair(settings: &Settings, http: &reqwest::Client) -> Result<Vec<F
         figures.push(Figure::new(&format!("{label}: bytes b→a"), "bytes", up as f64));
         figures.push(Figure::new(&format!("{label}: bytes a→b"), "bytes", down as f64));
         if d > 0 {
-            let per_record = (up + down) as f64 / d as f64;
-            figures.push(Figure::new(&format!("{label}: bytes per record"), "bytes", per_record));
+            // Everything on the socket but the record batches themselves (as the round
+            // reports them): digests, fingerprints, positions, HTTP heads.
+            let records = report["record_bytes"].as_u64().unwrap_or(0);
+            let metadata = (up + down).saturating_sub(records) as f64 / d as f64;
+            let name = format!("{label}: metadata per differing record");
+            figures.push(Figure::new(&name, "bytes", metadata));
         }
     }
     b.stop()?;
