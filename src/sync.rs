@@ -38,7 +38,7 @@ pub const RECONCILE_BELOW_RECORDS: u64 = FANOUT as u64;
 
 /// Fingerprints per reconcile request (1 MiB of them), and segments at most.
 pub const FINGERPRINTS_PER_REQUEST: usize = 262_144;
-pub const SEGMENTS_PER_REQUEST: usize = 8_192;
+pub const SEGMENTS_PER_REQUEST: usize = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
