@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -83,6 +83,23 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         .local_addr()
         .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
 
+    // Serve at once: until the full router is in the slot, only /health/live answers.
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let slot = Arc::new(OnceLock::new());
+    let app = http::late_bound(slot.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server failed");
+        }
+    });
+    // If starting fails below, the listener must not outlive the attempt.
+    let stop_on_error = shutdown.clone().drop_guard();
+
     let dir = config.data_dir.clone();
     let now_ms = options.physical_clock.now_ms();
     let merkle_upkeep = config.merkle_upkeep;
@@ -153,19 +170,8 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         peer: peer.clone(),
         cluster_token: config.cluster_key.as_ref().map(cluster_token),
     };
-    let app = http::router(state, config.max_body_bytes);
-
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server failed");
-        }
-    });
+    let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
+    assert!(filled, "the router slot is filled once, here");
     tasks.spawn(gossip::gossip_loop(
         cluster.clone(),
         peer.clone(),
@@ -197,6 +203,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         ));
     }
     tasks.close();
+    stop_on_error.disarm();
     tracing::info!(%addr, node_id = %identity.node, node_name = %name, data_dir = %config.data_dir.display(), "kvs node listening");
     Ok(Node { addr, identity, services, store, cluster, peer, shutdown, tasks })
 }

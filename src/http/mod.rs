@@ -8,7 +8,7 @@ mod internal;
 mod problem;
 mod todos;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
+use tower::ServiceExt;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -177,6 +178,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// What the listener serves from the moment it is bound: the full router once `slot`
+/// holds it (after the store has opened, ~2 s at 1M records); until then `/health/live`
+/// answers 200 and everything else 503 with `Retry-After`, so a supervisor probing
+/// liveness does not kill a node that is only opening a large data directory.
+pub fn late_bound(slot: Arc<OnceLock<Router>>) -> Router {
+    let starting = Router::new()
+        .route("/health/live", get(health::live))
+        .fallback(|| async { ApiError::Starting });
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let router = slot.get().cloned().unwrap_or_else(|| starting.clone());
+        router.oneshot(request)
+    }))
 }
 
 /// Data routes answer 503 with `Retry-After` until the node is ready.

@@ -27,6 +27,8 @@ pub enum ApiError {
     Unauthorized,
     /// The node has not joined and synced yet.
     NotReady,
+    /// The node is still opening its data directory (only `/health/live` answers).
+    Starting,
     /// The disk is full: the write was refused and nothing changed.
     StorageFull,
     /// A peer this node called on the client's behalf failed (the detail names it).
@@ -67,7 +69,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +94,7 @@ impl ApiError {
                 "the node has not finished joining and syncing; retry shortly".into()
             }
             ApiError::StorageFull => "the node's disk is full; nothing was written".into(),
+            ApiError::Starting => "the node is opening its data directory; retry shortly".into(),
             ApiError::Internal(_) => "internal error; see the node's log".into(),
         }
     }
@@ -147,7 +150,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if matches!(self, ApiError::NotReady) {
+        if matches!(self, ApiError::NotReady | ApiError::Starting) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -603,3 +603,22 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
     let got = h.call(Method::GET, "/kv/from/peer", &[], None).await;
     assert_eq!((got.status, got.body.as_slice()), (StatusCode::OK, &b"{}"[..]));
 }
+
+#[tokio::test]
+async fn before_the_store_opens_only_liveness_answers_then_every_route_does() {
+    let mut h = harness();
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let full = std::mem::replace(&mut h.app, super::late_bound(slot.clone()));
+    let live = h.call(Method::GET, "/health/live", &[], None).await;
+    assert_eq!(live.status, StatusCode::OK);
+    for uri in ["/health/ready", "/todos", "/kv/a", "/internal/v1/root"] {
+        let reply = h.call(Method::GET, uri, &[], None).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert_eq!(reply.header(header::RETRY_AFTER), "1", "{uri}");
+        assert!(reply.json()["detail"].as_str().unwrap().contains("opening"), "{uri}");
+    }
+    assert!(slot.set(full).is_ok());
+    let created = h.create(json!({"todo": "after the open"})).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(h.call(Method::GET, "/health/live", &[], None).await.status, StatusCode::OK);
+}
