@@ -109,9 +109,6 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         source,
     })?;
     let identity = store.identity();
-    if !config.seeds.is_empty() {
-        discard_if_stale(&store, now_ms, config.tombstone_ttl).await?;
-    }
 
     let clock = Arc::new(Hlc::new(
         options.physical_clock.clone(),
@@ -206,21 +203,6 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     stop_on_error.disarm();
     tracing::info!(%addr, node_id = %identity.node, node_name = %name, data_dir = %config.data_dir.display(), "kvs node listening");
     Ok(Node { addr, identity, services, store, cluster, peer, shutdown, tasks })
-}
-
-/// A node away longer than the tombstone TTL may hold data whose tombstones its peers
-/// have purged; syncing it would bring deletes back. It discards its copy and
-/// bootstraps afresh (keeping its identity).
-async fn discard_if_stale(store: &Store, now_ms: u64, ttl: Duration) -> Result<(), DaemonError> {
-    let open_error = |source| DaemonError::Open { dir: "the data directory".into(), source };
-    let Some(last_contact) = store.last_contact().map_err(open_error)? else { return Ok(()) };
-    let away = Duration::from_millis(now_ms.saturating_sub(last_contact));
-    if away <= ttl {
-        return Ok(());
-    }
-    tracing::warn!(?away, tombstone_ttl = ?ttl, "away longer than tombstone_ttl: discarding the local copy and bootstrapping afresh");
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.discard_all()).await?.map_err(open_error)
 }
 
 impl Node {

@@ -73,6 +73,9 @@ pub async fn join(
         }
         if let Some(member) = cluster.random_alive_peer() {
             match sync::sync_round(&peer, &replica, &member.addr).await {
+                Ok(report) if report.skipped_stale_peer => {
+                    tracing::info!(peer = %member.addr, "that peer is stale; trying another");
+                }
                 Ok(report) => {
                     cluster.record_sync(member.id);
                     if let Err(error) = replica.note_contact() {

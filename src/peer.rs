@@ -9,9 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::cluster::Member;
-use crate::merkle::Hash;
 use crate::model::{Key, Record};
-use crate::wire::{self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, WireError};
+use crate::wire::{
+    self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, WireError,
+};
 
 pub const TOKEN_HEADER: &str = "x-kvs-cluster-token";
 
@@ -103,9 +104,9 @@ impl PeerClient {
         result.map_err(|source| PeerError::Wire { addr: addr.to_owned(), source })
     }
 
-    pub async fn root(&self, addr: &str) -> Result<Hash, PeerError> {
+    pub async fn root(&self, addr: &str) -> Result<RootReply, PeerError> {
         let body = self.call(addr, "root", None).await?;
-        Self::wire(addr, wire::decode_root(&body))
+        Self::wire(addr, RootReply::decode(&body))
     }
 
     pub async fn descendants(

@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::merkle::{DEPTH, FANOUT};
 use crate::model::{Key, Record};
 use crate::peer::{PeerClient, PeerError};
-use crate::service::{fingerprint, ReplicaService, ServiceError};
+use crate::service::{fingerprint, ReplicaService, ServiceError, SyncState};
 use crate::wire::{self, NodesRequest, ReconcileRequest};
 
 /// Peers one node syncs with per interval.
@@ -60,6 +60,11 @@ pub struct RoundReport {
     /// Bytes the pulled and pushed record batches took on the wire (compressed); the
     /// rest of a round's traffic is metadata and HTTP.
     pub record_bytes: usize,
+    /// The peer had not synced since we purged tombstones: nothing was exchanged.
+    pub skipped_stale_peer: bool,
+    /// We had not synced since the peer purged tombstones: our copy was discarded and
+    /// the round bootstrapped it afresh from the peer.
+    pub rebased: bool,
 }
 
 /// One anti-entropy round with the peer at `addr`.
@@ -71,13 +76,30 @@ pub async fn sync_round(
     let mut report = RoundReport::default();
     let theirs = peer.root(addr).await?;
     report.requests += 1;
-    if theirs == replica.root() {
+    let ours = replica.sync_state()?;
+    let peer_state =
+        SyncState { purge_horizon: theirs.purge_horizon, last_contact: theirs.last_contact };
+    if peer_state.is_stale_against(&ours) {
+        // The peer may hold data we deleted and purged: pull nothing from it. It will
+        // discard its copy when it starts a round with a node as fresh as we are.
+        report.skipped_stale_peer = true;
         return Ok(report);
     }
-    let window = rand::random_range(0..wire::WINDOWS);
-    let segments = differing_segments(peer, replica, addr, window, &mut report).await?;
-    report.differing_segments = segments.len();
-    reconcile(peer, replica, addr, window, &segments, &mut report).await?;
+    let rebase = ours.is_stale_against(&peer_state);
+    if rebase {
+        let discarding = replica.clone();
+        tokio::task::spawn_blocking(move || discarding.rebase()).await??;
+        report.rebased = true;
+    }
+    if theirs.root != replica.root() {
+        let window = rand::random_range(0..wire::WINDOWS);
+        let segments = differing_segments(peer, replica, addr, window, &mut report).await?;
+        report.differing_segments = segments.len();
+        reconcile(peer, replica, addr, window, &segments, &mut report).await?;
+    }
+    if rebase {
+        replica.rebased();
+    }
     Ok(report)
 }
 
@@ -210,6 +232,9 @@ pub async fn anti_entropy_loop(
                 return;
             }
             match sync_round(&peer, &replica, &member.addr).await {
+                Ok(report) if report.skipped_stale_peer => {
+                    tracing::info!(peer = %member.addr, "peer has been away longer than tombstone_ttl; not syncing from it until it re-bootstraps");
+                }
                 Ok(report) => {
                     cluster.record_sync(member.id);
                     if let Err(error) = replica.note_contact() {

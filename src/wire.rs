@@ -4,7 +4,8 @@
 //! before anything is allocated, keys and records are validated, and a body with
 //! trailing bytes is refused. A bad body is rejected whole.
 //!
-//! - root: `GET /internal/v1/root` → 32 raw bytes (the Merkle root).
+//! - root: `GET /internal/v1/root` → [`RootReply`]: the Merkle root (32 raw bytes), then
+//!   the purge horizon and the last contact (ms, 8 bytes each, 0 for none).
 //! - nodes: `POST /internal/v1/nodes` with [`NodesRequest`] → the descendants `depth`
 //!   levels below each named node, `16^depth` [`Digest`]s per node, in request order.
 //! - reconcile: `POST /internal/v1/reconcile` with a [`ReconcileRequest`] (leaf segments,
@@ -198,12 +199,36 @@ pub fn decode_digests(bytes: &[u8], expected: usize) -> Result<Vec<Digest>, Wire
     Ok(bytes.chunks_exact(DIGEST_BYTES).map(|chunk| chunk.try_into().expect("exact")).collect())
 }
 
-pub fn encode_root(root: &Hash) -> Vec<u8> {
-    root.to_vec()
+/// The first answer of a round: the root, and what tells a stale replica (see
+/// `service::SyncState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootReply {
+    pub root: Hash,
+    pub purge_horizon: u64,
+    pub last_contact: Option<u64>,
 }
 
-pub fn decode_root(bytes: &[u8]) -> Result<Hash, WireError> {
-    bytes.try_into().map_err(|_| WireError::Truncated("root"))
+impl RootReply {
+    pub const BYTES: usize = 48;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::BYTES);
+        out.extend_from_slice(&self.root);
+        out.extend_from_slice(&self.purge_horizon.to_be_bytes());
+        out.extend_from_slice(&self.last_contact.unwrap_or(0).to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RootReply, WireError> {
+        let mut reader = Reader { bytes };
+        let root = reader.take(32, "root")?.try_into().expect("32 bytes");
+        let mut u64_field =
+            |what| reader.take(8, what).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+        let purge_horizon = u64_field("purge horizon")?;
+        let last_contact = Some(u64_field("last contact")?).filter(|ms| *ms > 0);
+        reader.finish()?;
+        Ok(RootReply { root, purge_horizon, last_contact })
+    }
 }
 
 /// Leaf segments, each with the fingerprints (digests of `entry_hash` through `window`)
@@ -426,6 +451,15 @@ mod tests {
             let decoded = ReconcileReply::decode(&encoded, &request).unwrap();
             prop_assert_eq!(decoded.records_bytes, encoded.len() - header);
             prop_assert_eq!(decoded, ReconcileReply { records_bytes: encoded.len() - header, ..reply });
+        }
+
+        #[test]
+        fn root_replies_round_trip(root in any::<Hash>(), horizon: u64, contact in prop::option::of(1u64..)) {
+            let reply = RootReply { root, purge_horizon: horizon, last_contact: contact };
+            let encoded = reply.encode();
+            prop_assert_eq!(encoded.len(), RootReply::BYTES);
+            prop_assert_eq!(RootReply::decode(&encoded).unwrap(), reply);
+            prop_assert!(RootReply::decode(&encoded[..47]).is_err());
         }
 
         #[test]

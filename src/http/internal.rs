@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::problem::ApiError;
 use super::AppState;
 use crate::peer::TOKEN_HEADER;
-use crate::wire::{self, NodesRequest, ReconcileRequest};
+use crate::wire::{self, NodesRequest, ReconcileRequest, RootReply};
 
 fn octets(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -42,8 +42,15 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
 }
 
-pub async fn root(State(state): State<AppState>) -> Response {
-    octets(wire::encode_root(&state.services.replica.root()))
+pub async fn root(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let replica = &state.services.replica;
+    let sync = replica.sync_state()?;
+    let reply = RootReply {
+        root: replica.root(),
+        purge_horizon: sync.purge_horizon,
+        last_contact: sync.last_contact,
+    };
+    Ok(octets(reply.encode()))
 }
 
 pub async fn nodes(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -17,7 +17,7 @@ use crate::model::{Key, Origin, Record, Version};
 use crate::store::{Applied, ApplyError, Counts, Store, StoreError};
 
 pub use docs::{DocEntry, DocPage, DocService};
-pub use replica::{fingerprint, MergeReport, ReplicaService};
+pub use replica::{fingerprint, MergeReport, ReplicaService, SyncState};
 pub use todos::{NewTodo, TodoPage, TodoPatch, TodoQuery, TodoService, TodoView};
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +178,7 @@ impl Services {
                 store.clone(),
                 clock.clone(),
                 tombstone_ttl.as_millis() as u64,
+                readiness.clone(),
             ),
             readiness,
             store,

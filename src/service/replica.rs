@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::ServiceError;
+use super::{Readiness, ReadyState, ServiceError};
 use crate::clock::{Hlc, Observation};
 use crate::codec;
 use crate::merkle::{self, Hash};
@@ -31,6 +31,32 @@ pub struct ReplicaService {
     store: Store,
     clock: Arc<Hlc>,
     tombstone_ttl_ms: u64,
+    readiness: Readiness,
+}
+
+/// What a peer needs to know to tell whether one of the two replicas is stale.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// This node may lack tombstones written before this (ms; 0: it lacks none).
+    pub purge_horizon: u64,
+    /// When this node last completed a sync round it started (ms), if ever.
+    pub last_contact: Option<u64>,
+}
+
+impl SyncState {
+    /// True when `self` may hold records whose tombstones `other` has purged: `other`
+    /// dropped tombstones written after our last contact, so we never saw them. Such a
+    /// replica must not be pulled from, and must discard its copy and bootstrap.
+    ///
+    /// Two replicas are never stale with respect to each other: a node purges (or refuses
+    /// expired tombstones) only while its last contact is within the TTL, so its horizon
+    /// (now − TTL) never passes its own last contact; if B's horizon is past A's last
+    /// contact, B synced after A did, so A's horizon cannot be past B's last contact.
+    /// So a whole cluster that was down longer than the TTL discards nothing: of any two
+    /// nodes, the one that synced last is never stale.
+    pub fn is_stale_against(&self, other: &SyncState) -> bool {
+        self.last_contact.is_some_and(|contact| other.purge_horizon > contact)
+    }
 }
 
 /// How an incoming batch went.
@@ -45,8 +71,51 @@ pub struct MergeReport {
 }
 
 impl ReplicaService {
-    pub(super) fn new(store: Store, clock: Arc<Hlc>, tombstone_ttl_ms: u64) -> Self {
-        ReplicaService { store, clock, tombstone_ttl_ms }
+    pub(super) fn new(
+        store: Store,
+        clock: Arc<Hlc>,
+        tombstone_ttl_ms: u64,
+        readiness: Readiness,
+    ) -> Self {
+        ReplicaService { store, clock, tombstone_ttl_ms, readiness }
+    }
+
+    pub fn sync_state(&self) -> Result<SyncState, ServiceError> {
+        Ok(SyncState {
+            purge_horizon: self.store.purge_horizon()?,
+            last_contact: self.store.last_contact()?,
+        })
+    }
+
+    /// True while this node has not completed a round for longer than the TTL: it may
+    /// be cut off from deletes, so it must not purge (its peers may still need the
+    /// tombstones it holds, and purging would make *them* look stale).
+    fn is_out_of_contact(&self) -> Result<bool, ServiceError> {
+        let now = self.clock.physical_ms();
+        let last = self.store.last_contact()?;
+        Ok(last.is_some_and(|last| now.saturating_sub(last) > self.tombstone_ttl_ms))
+    }
+
+    /// Discards our copy (the node keeps its identity) because a peer purged tombstones
+    /// written after our last contact: we may hold data deleted since. The node reports
+    /// not ready until [`ReplicaService::rebased`], after the round has pulled the
+    /// peer's copy.
+    pub fn rebase(&self) -> Result<(), ServiceError> {
+        tracing::warn!("a peer purged tombstones written after our last contact: discarding the local copy and bootstrapping afresh");
+        self.readiness.set(ReadyState {
+            ready: false,
+            reason: "away longer than tombstone_ttl: bootstrapping afresh".into(),
+            ..self.readiness.current()
+        });
+        Ok(self.store.discard_all()?)
+    }
+
+    pub fn rebased(&self) {
+        self.readiness.set(ReadyState {
+            ready: true,
+            reason: String::new(),
+            ..self.readiness.current()
+        });
     }
 
     /// Tombstones written before this are expired and may be purged.
@@ -55,12 +124,16 @@ impl ReplicaService {
         Timestamp::from_parts(now.saturating_sub(self.tombstone_ttl_ms), 0)
     }
 
-    /// Purges expired tombstones (at most `limit`); returns how many went.
+    /// Purges expired tombstones (at most `limit`); returns how many went. Purges
+    /// nothing while this node is out of contact for longer than the TTL.
     pub fn purge_expired(&self, limit: usize) -> Result<usize, ServiceError> {
+        if self.is_out_of_contact()? {
+            return Ok(0);
+        }
         Ok(self.store.purge_tombstones(self.tombstone_cutoff(), limit)?)
     }
 
-    /// Notes a completed sync with a peer (the "away too long" rule reads it at start).
+    /// Notes a completed sync round with a peer (see [`SyncState`]).
     pub fn note_contact(&self) -> Result<(), ServiceError> {
         Ok(self.store.set_last_contact(self.clock.physical_ms())?)
     }
@@ -139,8 +212,9 @@ impl ReplicaService {
         let mut report = MergeReport::default();
         let mut last_seq = 0;
         let cutoff = self.tombstone_cutoff();
+        let refuse_expired = !self.is_out_of_contact()?;
         for (key, record) in records {
-            if !record.is_live() && record.version.ts < cutoff {
+            if refuse_expired && !record.is_live() && record.version.ts < cutoff {
                 report.expired += 1;
                 continue;
             }
@@ -154,6 +228,10 @@ impl ReplicaService {
             } else {
                 report.ignored += 1;
             }
+        }
+        if report.expired > 0 {
+            // We will never hold those tombstones: peers must know, as after a purge.
+            self.store.raise_purge_horizon(cutoff.millis())?;
         }
         self.store.wait_durable(last_seq).await?;
         Ok(report)
@@ -183,6 +261,55 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::model::{NodeId, Origin, Value, Version};
 
+    fn ready() -> Readiness {
+        Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() })
+    }
+
+    #[test]
+    fn staleness_follows_the_purge_horizon_and_last_contact() {
+        let state = |purge_horizon, last_contact| SyncState { purge_horizon, last_contact };
+        // b purged tombstones written after a's last contact: a is stale, b is not.
+        assert!(state(0, Some(100)).is_stale_against(&state(150, Some(400))));
+        assert!(!state(150, Some(400)).is_stale_against(&state(0, Some(100))));
+        // A node that never synced has nothing stale to bring back; neither has a peer
+        // that never purged.
+        assert!(!state(0, None).is_stale_against(&state(150, Some(400))));
+        assert!(!state(0, Some(100)).is_stale_against(&state(0, Some(400))));
+    }
+
+    proptest::proptest! {
+        /// With horizons never past their own last contact (the purge rule), two nodes
+        /// are never both stale, so no pair discards both copies.
+        #[test]
+        fn two_nodes_are_never_stale_against_each_other(
+            contact_a in 1u64..1_000, contact_b in 1u64..1_000, ha in 0u64..1_000, hb in 0u64..1_000,
+        ) {
+            let a = SyncState { purge_horizon: ha.min(contact_a), last_contact: Some(contact_a) };
+            let b = SyncState { purge_horizon: hb.min(contact_b), last_contact: Some(contact_b) };
+            proptest::prop_assert!(!(a.is_stale_against(&b) && b.is_stale_against(&a)));
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_contact_a_node_neither_purges_nor_refuses_old_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
+        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
+        store.set_last_contact(85_000).unwrap(); // 15 s ago, TTL 10 s
+        let old = Key::doc("old").unwrap();
+        let report = replica.merge(vec![(old.clone(), tombstone(80_000))]).await.unwrap();
+        assert_eq!(report, MergeReport { applied: 1, ignored: 0, expired: 0 });
+        assert_eq!(replica.purge_expired(10).unwrap(), 0);
+        assert_eq!(replica.sync_state().unwrap().purge_horizon, 0);
+
+        // Back in contact: the old tombstone goes, and the horizon says so.
+        replica.note_contact().unwrap();
+        assert_eq!(replica.purge_expired(10).unwrap(), 1);
+        assert_eq!(replica.sync_state().unwrap().purge_horizon, 90_000);
+        assert_eq!(store.get(&old).unwrap(), None);
+    }
+
     fn tombstone(ms: u64) -> Record {
         Record {
             version: Version {
@@ -199,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1).unwrap();
         let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
         let (old, fresh) = (Key::doc("old").unwrap(), Key::doc("fresh").unwrap());
         let report = replica
             .merge(vec![(old.clone(), tombstone(80_000)), (fresh.clone(), tombstone(95_000))])
@@ -216,7 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1).unwrap();
         let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
         let keys: Vec<Key> = (0..40).map(|n| Key::doc(&format!("k{n}")).unwrap()).collect();
         for (n, key) in keys.iter().enumerate() {
             store.apply(key, tombstone(99_000 + n as u64)).unwrap();
@@ -267,7 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1).unwrap();
         let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000);
+        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
         let mut bad = tombstone(99_000);
         bad.value = Value::Live(b"{not json".to_vec());
         let good = (Key::doc("good").unwrap(), tombstone(99_500));

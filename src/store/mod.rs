@@ -138,6 +138,7 @@ const META_FORMAT: &str = "store_format";
 const META_NODE_ID: &str = "node_id";
 const META_JOINED_AT: &str = "joined_at";
 const META_LAST_CONTACT: &str = "last_contact";
+const META_PURGE_HORIZON: &str = "purge_horizon";
 
 impl Store {
     /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
@@ -304,6 +305,9 @@ impl Store {
             }
         }
         if purged > 0 {
+            // Durable with the purge (the same flush): peers compare it with their last
+            // contact to learn that they may hold data whose tombstones are gone here.
+            self.raise_purge_horizon(older_than.millis())?;
             let _seq = inner.committer.applied();
             inner.committer.request_flush();
         }
@@ -325,19 +329,37 @@ impl Store {
 
     /// When this node last completed a sync with a peer (ms), if ever.
     pub fn last_contact(&self) -> Result<Option<u64>, StoreError> {
-        match self.inner.meta.get(META_LAST_CONTACT)? {
+        self.meta_u64(META_LAST_CONTACT)
+    }
+
+    fn meta_u64(&self, name: &'static str) -> Result<Option<u64>, StoreError> {
+        match self.inner.meta.get(name)? {
             Some(bytes) => {
-                let bytes: [u8; 8] = bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::CorruptMeta(META_LAST_CONTACT))?;
+                let bytes: [u8; 8] =
+                    bytes.as_ref().try_into().map_err(|_| StoreError::CorruptMeta(name))?;
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
             None => Ok(None),
         }
     }
 
-    /// Records a completed sync (made durable by the next group flush).
+    /// The purge horizon (ms): this node may lack tombstones written before it, because
+    /// it purged them or refused them as expired. 0 if it never did either.
+    pub fn purge_horizon(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(META_PURGE_HORIZON)?.unwrap_or(0))
+    }
+
+    /// Moves the purge horizon forward to `ms` (never back).
+    pub fn raise_purge_horizon(&self, ms: u64) -> Result<(), StoreError> {
+        self.inner.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
+            let current = current
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some(current.max(ms).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
     pub fn set_last_contact(&self, now_ms: u64) -> Result<(), StoreError> {
         self.inner.meta.insert(META_LAST_CONTACT, &now_ms.to_be_bytes())?;
         Ok(())
