@@ -1,7 +1,8 @@
 //! Anti-entropy (the convergence guarantee) and push-on-write (the fast path).
 //!
 //! One round with a peer:
-//! 1. compare roots (one request, 32 bytes); equal roots end the round;
+//! 1. compare roots (one request; the answer also carries the peer's purge horizon and
+//!    last contact, see `service::SyncState`); equal roots end the round;
 //! 2. walk down the differing subtrees, all differing nodes of a level per request, as
 //!    4-byte digests through a window picked at random for the round (see `wire`). Where differences are dense (≥ 3/4 of the last step's nodes
 //!    differ) a request skips a level and asks for grandchildren: the bytes are about the
@@ -210,7 +211,7 @@ fn our_side(
 /// peers (all of them in a small cluster), one after another. With a single random peer
 /// per interval a write made without push reaches the last of 5 nodes only after
 /// several intervals (p99 2.3 s at 1 s, measured); this way it takes one. An idle round
-/// is one 32-byte request, so the cost is a few small requests per interval.
+/// is one request with a 48-byte answer, so the cost is a few small requests per interval.
 pub async fn anti_entropy_loop(
     cluster: Cluster,
     peer: PeerClient,

@@ -34,7 +34,9 @@ enum Scenario {
     /// Two nodes with --records todos, d of them newer on one: one sync round through a
     /// counting proxy (time, bytes each way, requests)
     Repair,
-    /// Load --records todos: disk and RSS per record, restart to ready, bootstrap of a new node
+    /// Load --records todos: disk and RSS per record (footprint), restart to ready, bootstrap
+    /// of a new node (one load serves the three)
+    #[value(alias = "footprint", alias = "restart", alias = "bootstrap")]
     Scale,
     /// All of the above
     All,
