@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::cluster::Member;
 use crate::model::{Key, Record};
 use crate::wire::{
-    self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, WireError,
+    self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest, WireError,
 };
 
 pub const TOKEN_HEADER: &str = "x-kvs-cluster-token";
@@ -70,22 +70,13 @@ impl PeerClient {
         PeerClient { http, token: key.map(|key| cluster_token(key).to_hex().to_string()), faults }
     }
 
-    async fn call(
-        &self,
-        addr: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>, PeerError> {
+    async fn call(&self, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, PeerError> {
         if self.faults.is_cut(addr) {
             return Err(PeerError::Cut(addr.to_owned()));
         }
         let url = format!("http://{addr}/internal/v1/{path}");
-        let mut request = match body {
-            Some(body) => {
-                self.http.post(url).header("content-type", "application/octet-stream").body(body)
-            }
-            None => self.http.get(url),
-        };
+        let mut request =
+            self.http.post(url).header("content-type", "application/octet-stream").body(body);
         if let Some(token) = &self.token {
             request = request.header(TOKEN_HEADER, token);
         }
@@ -104,8 +95,8 @@ impl PeerClient {
         result.map_err(|source| PeerError::Wire { addr: addr.to_owned(), source })
     }
 
-    pub async fn root(&self, addr: &str) -> Result<RootReply, PeerError> {
-        let body = self.call(addr, "root", None).await?;
+    pub async fn root(&self, addr: &str, request: &RootRequest) -> Result<RootReply, PeerError> {
+        let body = self.call(addr, "root", request.encode()).await?;
         Self::wire(addr, RootReply::decode(&body))
     }
 
@@ -114,7 +105,7 @@ impl PeerClient {
         addr: &str,
         request: &NodesRequest,
     ) -> Result<Vec<Digest>, PeerError> {
-        let body = self.call(addr, "nodes", Some(request.encode())).await?;
+        let body = self.call(addr, "nodes", request.encode()).await?;
         Self::wire(addr, wire::decode_digests(&body, request.reply_len()))
     }
 
@@ -123,7 +114,7 @@ impl PeerClient {
         addr: &str,
         request: &ReconcileRequest,
     ) -> Result<ReconcileReply, PeerError> {
-        let body = self.call(addr, "reconcile", Some(request.encode())).await?;
+        let body = self.call(addr, "reconcile", request.encode()).await?;
         Self::wire(addr, ReconcileReply::decode(&body, request))
     }
 
@@ -131,13 +122,13 @@ impl PeerClient {
     pub async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
         let batch = wire::compress_batch(records);
         let bytes = batch.len();
-        self.call(addr, "records", Some(batch)).await.map(|_| bytes)
+        self.call(addr, "records", batch).await.map(|_| bytes)
     }
 
     /// Sends our member list, returns theirs.
     pub async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError> {
         let body = serde_json::to_vec(members).expect("members serialize");
-        let reply = self.call(addr, "gossip", Some(body)).await?;
+        let reply = self.call(addr, "gossip", body).await?;
         serde_json::from_slice(&reply).map_err(|error| PeerError::Status {
             addr: addr.to_owned(),
             status: 200,

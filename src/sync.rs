@@ -1,14 +1,16 @@
 //! Anti-entropy (the convergence guarantee) and push-on-write (the fast path).
 //!
 //! One round with a peer:
-//! 1. compare roots (one request; the answer also carries the peer's purge horizon and
-//!    last contact, see `service::SyncState`); equal roots end the round;
+//! 1. send our root (one request); the answer carries the peer's root, its purge horizon
+//!    and last contact (see `service::SyncState`) and, when the roots differ, the 256
+//!    digests of level 2, so the walk starts two levels down. Equal roots end the round;
 //! 2. walk down the differing subtrees, all differing nodes of a level per request, as
-//!    4-byte digests through a window picked at random for the round (see `wire`). Where differences are dense (≥ 3/4 of the last step's nodes
-//!    differ) a request skips a level and asks for grandchildren: the bytes are about the
-//!    same and a round trip is saved. The walk stops early once a differing subtree
-//!    holds few records (≤ 16 on our side), since their fingerprints then cost less
-//!    than another level of digests: an empty node goes straight to step 3;
+//!    4-byte digests through a window picked at random for the round (see `wire`).
+//!    Where differences are dense (≥ 3/4 of the last step's nodes differ) a request
+//!    skips a level and asks for grandchildren: the bytes are about the same and a round
+//!    trip is saved. The walk stops early once a differing subtree holds few records
+//!    (≤ 16 on our side), since their fingerprints then cost less than another level of
+//!    digests;
 //! 3. reconcile the differing leaf segments: send the fingerprints of our records there,
 //!    receive the peer's records we do not have (merged here) and the list of ours it
 //!    does not have (pushed back). Only differing records cross, not whole leaves.
@@ -21,11 +23,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::merkle::{DEPTH, FANOUT};
+use crate::merkle::{Hash, DEPTH, FANOUT};
 use crate::model::{Key, Record};
 use crate::peer::{PeerClient, PeerError};
 use crate::service::{fingerprint, ReplicaService, ServiceError, SyncState};
-use crate::wire::{self, NodesRequest, ReconcileRequest};
+use crate::wire::{self, NodesRequest, ReconcileRequest, RootRequest};
 
 /// Peers one node syncs with per interval.
 pub const SYNC_FANOUT: usize = 8;
@@ -75,7 +77,9 @@ pub async fn sync_round(
     addr: &str,
 ) -> Result<RoundReport, SyncError> {
     let mut report = RoundReport::default();
-    let theirs = peer.root(addr).await?;
+    let window = rand::random_range(0..wire::WINDOWS);
+    let ask = RootRequest { window, root: replica.root() };
+    let theirs = peer.root(addr, &ask).await?;
     report.requests += 1;
     let ours = replica.sync_state()?;
     let peer_state =
@@ -93,8 +97,17 @@ pub async fn sync_round(
         report.rebased = true;
     }
     if theirs.root != replica.root() {
-        let window = rand::random_range(0..wire::WINDOWS);
-        let segments = differing_segments(peer, replica, addr, window, &mut report).await?;
+        // The reply carries level 2 when our roots differed as sent; after a rebase our
+        // root changed since, so the walk starts at the root instead.
+        let start = if theirs.top.is_empty() || rebase {
+            Walk { level: 0, differing: vec![0], dense: true }
+        } else {
+            let top = NodesRequest { window, level: 0, depth: wire::TOP_LEVEL, indices: vec![0] };
+            let differing = differing_below(&top, &replica.descendants(&top), &theirs.top);
+            let dense = differing.len() * 4 >= wire::TOP_WIDTH * 3;
+            Walk { level: usize::from(wire::TOP_LEVEL), differing, dense }
+        };
+        let segments = differing_segments(peer, replica, addr, window, start, &mut report).await?;
         report.differing_segments = segments.len();
         reconcile(peer, replica, addr, window, &segments, &mut report).await?;
     }
@@ -104,16 +117,44 @@ pub async fn sync_round(
     Ok(report)
 }
 
-/// Step 2: the leaf segments under the differing subtrees where the walk stopped.
+/// Where the walk stands: the differing nodes of one level.
+struct Walk {
+    level: usize,
+    differing: Vec<u32>,
+    /// At least 3/4 of the last step's nodes differed.
+    dense: bool,
+}
+
+/// The nodes `request` names below its indices whose digests differ between `ours`
+/// (full hashes) and `theirs` (digests through the request's window).
+fn differing_below(request: &NodesRequest, ours: &[Hash], theirs: &[wire::Digest]) -> Vec<u32> {
+    let width = FANOUT.pow(request.depth.into());
+    let mut differing = Vec::new();
+    for (position, index) in request.indices.iter().enumerate() {
+        for below in 0..width {
+            let at = position * width + below;
+            if ours.get(at).map(|hash| wire::digest(hash, request.window)).as_ref()
+                != theirs.get(at)
+            {
+                differing.push(index * width as u32 + below as u32);
+            }
+        }
+    }
+    differing
+}
+
+/// Step 2: walks down from `walk` to the leaf segments under the differing subtrees
+/// where it stops.
 async fn differing_segments(
     peer: &PeerClient,
     replica: &ReplicaService,
     addr: &str,
     window: u8,
+    walk: Walk,
     report: &mut RoundReport,
 ) -> Result<Vec<u16>, SyncError> {
     let records = replica.record_count();
-    let (mut level, mut differing, mut dense) = (0usize, vec![0u32], true);
+    let Walk { mut level, mut differing, mut dense } = walk;
     let worth_walking = |level: usize| {
         level < DEPTH && records / (FANOUT as u64).pow(level as u32) > RECONCILE_BELOW_RECORDS
     };
@@ -123,17 +164,7 @@ async fn differing_segments(
         let request = NodesRequest { window, level: level_u8, depth: depth_u8, indices: differing };
         let theirs = peer.descendants(addr, &request).await?;
         report.requests += 1;
-        let ours = replica.descendants(&request);
-        let width = FANOUT.pow(depth as u32);
-        differing = Vec::new();
-        for (position, index) in request.indices.iter().enumerate() {
-            for below in 0..width {
-                let at = position * width + below;
-                if ours.get(at).map(|hash| wire::digest(hash, window)).as_ref() != theirs.get(at) {
-                    differing.push(index * width as u32 + below as u32);
-                }
-            }
-        }
+        differing = differing_below(&request, &replica.descendants(&request), &theirs);
         dense = differing.len() * 4 >= request.reply_len() * 3;
         level += depth;
     }

@@ -4,8 +4,10 @@
 //! before anything is allocated, keys and records are validated, and a body with
 //! trailing bytes is refused. A bad body is rejected whole.
 //!
-//! - root: `GET /internal/v1/root` → [`RootReply`]: the Merkle root (32 raw bytes), then
-//!   the purge horizon and the last contact (ms, 8 bytes each, 0 for none).
+//! - root: `POST /internal/v1/root` with a [`RootRequest`] (the asker's root) →
+//!   [`RootReply`]: the Merkle root (32 raw bytes), the purge horizon and the last
+//!   contact (ms, 8 bytes each, 0 for none), and when the roots differ the 256 level-2
+//!   digests.
 //! - nodes: `POST /internal/v1/nodes` with [`NodesRequest`] → the descendants `depth`
 //!   levels below each named node, `16^depth` [`Digest`]s per node, in request order.
 //! - reconcile: `POST /internal/v1/reconcile` with a [`ReconcileRequest`] (leaf segments,
@@ -199,23 +201,58 @@ pub fn decode_digests(bytes: &[u8], expected: usize) -> Result<Vec<Digest>, Wire
     Ok(bytes.chunks_exact(DIGEST_BYTES).map(|chunk| chunk.try_into().expect("exact")).collect())
 }
 
-/// The first answer of a round: the root, and what tells a stale replica (see
-/// `service::SyncState`).
+/// The first request of a round: the asker's root, and the digest window of the round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootRequest {
+    pub window: u8,
+    pub root: Hash,
+}
+
+impl RootRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(34);
+        out.push(VERSION);
+        out.push(self.window);
+        out.extend_from_slice(&self.root);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RootRequest, WireError> {
+        let mut reader = Reader { bytes };
+        reader.version()?;
+        let window = reader.window()?;
+        let root = reader.take(32, "root")?.try_into().expect("32 bytes");
+        reader.finish()?;
+        Ok(RootRequest { window, root })
+    }
+}
+
+/// Level whose digests a root reply carries when the roots differ.
+pub const TOP_LEVEL: u8 = 2;
+/// Digests at [`TOP_LEVEL`]: 256.
+pub const TOP_WIDTH: usize = FANOUT * FANOUT;
+
+/// The answer to a [`RootRequest`]: the root, what tells a stale replica (see
+/// `service::SyncState`), and — only when the roots differ — the 256 digests of level
+/// 2 through the request's window, which saves the walk a round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootReply {
     pub root: Hash,
     pub purge_horizon: u64,
     pub last_contact: Option<u64>,
+    pub top: Vec<Digest>,
 }
 
 impl RootReply {
+    /// Bytes of the reply without `top`.
     pub const BYTES: usize = 48;
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::BYTES);
+        let mut out = Vec::with_capacity(Self::BYTES + DIGEST_BYTES * self.top.len());
         out.extend_from_slice(&self.root);
         out.extend_from_slice(&self.purge_horizon.to_be_bytes());
         out.extend_from_slice(&self.last_contact.unwrap_or(0).to_be_bytes());
+        self.top.iter().for_each(|digest| out.extend_from_slice(digest));
         out
     }
 
@@ -226,8 +263,11 @@ impl RootReply {
             |what| reader.take(8, what).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
         let purge_horizon = u64_field("purge horizon")?;
         let last_contact = Some(u64_field("last contact")?).filter(|ms| *ms > 0);
-        reader.finish()?;
-        Ok(RootReply { root, purge_horizon, last_contact })
+        let top = match reader.bytes.len() {
+            0 => Vec::new(),
+            _ => decode_digests(reader.bytes, TOP_WIDTH)?,
+        };
+        Ok(RootReply { root, purge_horizon, last_contact, top })
     }
 }
 
@@ -414,6 +454,8 @@ mod tests {
             let _ = decode_batch(&bytes);
             let _ = decompress_batch(&bytes);
             let _ = NodesRequest::decode(&bytes);
+            let _ = RootRequest::decode(&bytes);
+            let _ = RootReply::decode(&bytes);
             if let Ok(request) = ReconcileRequest::decode(&bytes) {
                 let _ = ReconcileReply::decode(&bytes, &request);
             }
@@ -454,12 +496,24 @@ mod tests {
         }
 
         #[test]
-        fn root_replies_round_trip(root in any::<Hash>(), horizon: u64, contact in prop::option::of(1u64..)) {
-            let reply = RootReply { root, purge_horizon: horizon, last_contact: contact };
+        fn root_messages_round_trip(
+            root in any::<Hash>(),
+            horizon: u64,
+            contact in prop::option::of(1u64..),
+            with_top: bool,
+            window in 0u8..WINDOWS,
+        ) {
+            let request = RootRequest { window, root };
+            prop_assert_eq!(RootRequest::decode(&request.encode()).unwrap(), request);
+            let top = if with_top { vec![[7; DIGEST_BYTES]; TOP_WIDTH] } else { Vec::new() };
+            let reply = RootReply { root, purge_horizon: horizon, last_contact: contact, top };
             let encoded = reply.encode();
-            prop_assert_eq!(encoded.len(), RootReply::BYTES);
+            prop_assert_eq!(encoded.len(), RootReply::BYTES + if with_top { 4 * TOP_WIDTH } else { 0 });
             prop_assert_eq!(RootReply::decode(&encoded).unwrap(), reply);
             prop_assert!(RootReply::decode(&encoded[..47]).is_err());
+            if with_top {
+                prop_assert!(RootReply::decode(&encoded[..RootReply::BYTES + 4]).is_err());
+            }
         }
 
         #[test]

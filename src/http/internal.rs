@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::problem::ApiError;
 use super::AppState;
 use crate::peer::TOKEN_HEADER;
-use crate::wire::{self, NodesRequest, ReconcileRequest, RootReply};
+use crate::wire::{self, NodesRequest, ReconcileRequest, RootReply, RootRequest, TOP_LEVEL};
 
 fn octets(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -42,14 +42,21 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
 }
 
-pub async fn root(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request = RootRequest::decode(&body).map_err(|e| bad_peer_body("root request", e))?;
     let replica = &state.services.replica;
     let sync = replica.sync_state()?;
-    let reply = RootReply {
-        root: replica.root(),
-        purge_horizon: sync.purge_horizon,
-        last_contact: sync.last_contact,
+    let root = replica.root();
+    let top = if root == request.root {
+        Vec::new()
+    } else {
+        let top =
+            NodesRequest { window: request.window, level: 0, depth: TOP_LEVEL, indices: vec![0] };
+        let hashes = replica.descendants(&top);
+        hashes.iter().map(|hash| wire::digest(hash, request.window)).collect()
     };
+    let reply =
+        RootReply { root, purge_horizon: sync.purge_horizon, last_contact: sync.last_contact, top };
     Ok(octets(reply.encode()))
 }
 

@@ -155,7 +155,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/kv/{*key}", get(docs::get).put(docs::put).delete(docs::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     let internal = Router::new()
-        .route("/internal/v1/root", get(internal::root))
+        .route("/internal/v1/root", post(internal::root))
         .route("/internal/v1/nodes", post(internal::nodes))
         .route("/internal/v1/reconcile", post(internal::reconcile))
         .route("/internal/v1/records", post(internal::records))

@@ -286,7 +286,8 @@ async fn a_peer_without_the_cluster_key_is_refused() {
         assert_eq!(info(&http, member).await["cluster_mode"], json!("standalone"));
     }
     assert!(a.node.cluster().alive_peers().is_empty());
-    let raw = http.get(format!("{}/internal/v1/root", a.base)).send().await.unwrap();
+    let ask = kvs::wire::RootRequest { window: 0, root: [0; 32] }.encode();
+    let raw = http.post(format!("{}/internal/v1/root", a.base)).body(ask).send().await.unwrap();
     assert_eq!(raw.status(), StatusCode::UNAUTHORIZED);
     let friend = start(vec![a.node.addr().to_string()], Some(key)).await;
     ready(&http, &friend).await;
