@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Push each write to the peers at once; false leaves it to anti-entropy [default: true]
     #[arg(long, env = "KVS_PUSH_ON_WRITE", value_name = "BOOL")]
     pub push_on_write: Option<bool>,
+    /// Answer reads while joining or re-bootstrapping (possibly stale data) instead of
+    /// 503 [default: false]
+    #[arg(long, env = "KVS_SERVE_STALE", value_name = "BOOL")]
+    pub serve_stale: Option<bool>,
     /// Largest request body accepted, in bytes [default: 1048576]
     #[arg(long, env = "KVS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,

@@ -33,6 +33,8 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Push every local write to the alive peers at once (anti-entropy alone if off).
     pub push_on_write: bool,
+    /// Answer reads (GET/HEAD on data routes) while not ready, from possibly stale data.
+    pub serve_stale: bool,
     pub max_body_bytes: usize,
     /// False only for the `merkle-cost` benchmark (`--bench-skip-merkle`, standalone).
     pub merkle_upkeep: bool,
@@ -89,6 +91,7 @@ struct ClusterSection {
     tombstone_ttl: Option<String>,
     max_clock_skew: Option<String>,
     push_on_write: Option<bool>,
+    serve_stale: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +207,7 @@ impl Config {
                 Duration::from_secs(1),
             )?,
             push_on_write: args.push_on_write.or(cluster.push_on_write).unwrap_or(true),
+            serve_stale: args.serve_stale.or(cluster.serve_stale).unwrap_or(false),
             max_body_bytes,
             merkle_upkeep: !args.bench_skip_merkle,
             log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
@@ -325,6 +329,14 @@ mod tests {
         let config = Config::resolve(&args).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(config.node_name.as_deref(), Some("from-flag"));
+    }
+
+    #[test]
+    fn serve_stale_comes_from_the_file_or_a_flag() {
+        assert!(!Config::from_yaml("").unwrap().serve_stale);
+        assert!(Config::from_yaml("cluster:\n  serve_stale: true\n").unwrap().serve_stale);
+        let error = Config::from_yaml("cluster:\n  serve_stale: sometimes\n").unwrap_err();
+        assert!(error.to_string().contains("serve_stale"), "{error}");
     }
 
     #[test]

@@ -165,6 +165,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         node: Arc::new(node_info),
         cluster: cluster.clone(),
         peer: peer.clone(),
+        serve_stale: config.serve_stale,
         cluster_token: config.cluster_key.as_ref().map(cluster_token),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();

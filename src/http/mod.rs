@@ -43,6 +43,8 @@ pub struct AppState {
     pub cluster: Cluster,
     /// For the operator's `POST /internal/v1/sync` (one anti-entropy round now).
     pub peer: PeerClient,
+    /// Answer reads while not ready (`cluster.serve_stale`).
+    pub serve_stale: bool,
     /// Peers must present this on `/internal/` (None: no key configured).
     pub cluster_token: Option<blake3::Hash>,
 }
@@ -194,9 +196,11 @@ pub fn late_bound(slot: Arc<OnceLock<Router>>) -> Router {
     }))
 }
 
-/// Data routes answer 503 with `Retry-After` until the node is ready.
+/// Data routes answer 503 with `Retry-After` until the node is ready (reads do not,
+/// with `serve_stale`).
 async fn require_ready(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.services.readiness.current().ready {
+    let read = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if state.services.readiness.current().ready || (state.serve_stale && read) {
         next.run(request).await
     } else {
         ApiError::NotReady.into_response()

@@ -35,6 +35,10 @@ impl Reply {
 }
 
 fn harness_with(max_body: usize) -> Harness {
+    harness_configured(max_body, false)
+}
+
+fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1).unwrap();
     let readiness =
@@ -68,7 +72,14 @@ fn harness_with(max_body: usize) -> Harness {
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
     let peer = crate::peer::PeerClient::new(None, crate::peer::Faults::default());
     let node = Arc::new(node);
-    let state = AppState { services: services.clone(), node, cluster, peer, cluster_token: None };
+    let state = AppState {
+        services: services.clone(),
+        node,
+        cluster,
+        peer,
+        serve_stale,
+        cluster_token: None,
+    };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }
 }
@@ -501,6 +512,25 @@ async fn not_ready_means_503_with_retry_after_on_data_routes_only() {
     assert_eq!(ready.json()["ready"], json!(false));
     assert_eq!(h.call(Method::GET, "/health/live", &[], None).await.status, StatusCode::OK);
     assert_eq!(h.call(Method::GET, "/health/info", &[], None).await.json()["ready"], json!(false));
+}
+
+#[tokio::test]
+async fn serve_stale_answers_reads_but_not_writes_while_not_ready() {
+    let h = harness_configured(1024 * 1024, true);
+    let created = h.create(json!({"todo": "before the join"})).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    h.services.readiness.set(ReadyState {
+        ready: false,
+        standalone: false,
+        reason: "joining".into(),
+    });
+    let list = h.call(Method::GET, "/todos", &[], None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.json().as_array().map(Vec::len), Some(1));
+    let put = h.json(Method::PUT, "/kv/a", "1").await;
+    assert_eq!(put.status, StatusCode::SERVICE_UNAVAILABLE);
+    let delete = h.call(Method::DELETE, "/kv/a", &[], None).await;
+    assert_eq!(delete.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]
