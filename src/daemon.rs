@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
 use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
-use crate::http::{self, AppState, NodeInfo, Shared};
+use crate::http::{self, AppState, NodeInfo};
 use crate::model::Origin;
 use crate::peer::{cluster_token, Faults, PeerClient};
 use crate::service::{Readiness, ReadyState, Services};
@@ -160,14 +160,14 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         addr: advertised,
         joined_at: identity.joined_at,
     };
-    let state = AppState::new(Shared {
+    let state = AppState {
         services: services.clone(),
         node: Arc::new(node_info),
         cluster: cluster.clone(),
         peer: peer.clone(),
         serve_stale: config.serve_stale,
         cluster_token: config.cluster_key.as_ref().map(cluster_token),
-    });
+    };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");
     tasks.spawn(gossip::gossip_loop(

@@ -36,27 +36,8 @@ pub struct NodeInfo {
     pub joined_at: u64,
 }
 
-/// What every handler reads, behind one `Arc`: axum clones the state for each
-/// extractor of each request, and cloning the parts one by one (a dozen atomic counts,
-/// a channel sender) was ~10 % of the daemon's CPU under a read load (perf).
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        AppState(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-pub struct Shared {
+pub struct AppState {
     pub services: Services,
     pub node: Arc<NodeInfo>,
     pub cluster: Cluster,

@@ -72,14 +72,14 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
     let peer = crate::peer::PeerClient::new(None, crate::peer::Faults::default());
     let node = Arc::new(node);
-    let state = AppState::new(Shared {
+    let state = AppState {
         services: services.clone(),
         node,
         cluster,
         peer,
         serve_stale,
         cluster_token: None,
-    });
+    };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }
 }
