@@ -72,15 +72,11 @@ pub async fn join(
             }
         }
         if let Some(member) = cluster.random_alive_peer() {
-            match sync::sync_round(&peer, &replica, &member.addr).await {
+            match sync::round_with(&cluster, &peer, &replica, &member).await {
                 Ok(report) if report.skipped_stale_peer => {
                     tracing::info!(peer = %member.addr, "that peer is stale; trying another");
                 }
                 Ok(report) => {
-                    cluster.record_sync(member.id);
-                    if let Err(error) = replica.note_contact() {
-                        tracing::warn!(%error, "could not record the sync time");
-                    }
                     tracing::info!(peer = %member.addr, pulled = report.pulled, "joined the cluster and synced");
                     readiness.set(ReadyState {
                         ready: true,

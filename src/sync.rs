@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Member};
 use crate::merkle::{Hash, DEPTH, FANOUT};
 use crate::model::{Key, Record};
 use crate::peer::{PeerClient, PeerError};
@@ -238,6 +238,25 @@ fn our_side(
     Ok((request, ours))
 }
 
+/// One round with a cluster member, as the join and the anti-entropy loop run it: a
+/// round that was not skipped (stale peer) is recorded as contact, with the member and
+/// on disk (`SyncState::last_contact`, which the stale-replica rule reads).
+pub async fn round_with(
+    cluster: &Cluster,
+    peer: &PeerClient,
+    replica: &ReplicaService,
+    member: &Member,
+) -> Result<RoundReport, SyncError> {
+    let report = sync_round(peer, replica, &member.addr).await?;
+    if !report.skipped_stale_peer {
+        cluster.record_sync(member.id);
+        if let Err(error) = replica.note_contact() {
+            tracing::warn!(%error, "could not record the sync time");
+        }
+    }
+    Ok(report)
+}
+
 /// Every `interval` (±25 % jitter), one round with each of up to [`SYNC_FANOUT`] alive
 /// peers (all of them in a small cluster), one after another. With a single random peer
 /// per interval a write made without push reaches the last of 5 nodes only after
@@ -263,15 +282,11 @@ pub async fn anti_entropy_loop(
             if stop.is_cancelled() {
                 return;
             }
-            match sync_round(&peer, &replica, &member.addr).await {
+            match round_with(&cluster, &peer, &replica, &member).await {
                 Ok(report) if report.skipped_stale_peer => {
                     tracing::info!(peer = %member.addr, "peer has been away longer than tombstone_ttl; not syncing from it until it re-bootstraps");
                 }
                 Ok(report) => {
-                    cluster.record_sync(member.id);
-                    if let Err(error) = replica.note_contact() {
-                        tracing::warn!(%error, "could not record the sync time");
-                    }
                     if report.differing_segments > 0 {
                         tracing::debug!(peer = %member.addr, ?report, "anti-entropy repaired differences");
                     }
