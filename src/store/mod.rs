@@ -121,6 +121,22 @@ struct Inner {
     merkle_upkeep: bool,
 }
 
+impl Inner {
+    /// XORs a record's entry into (or out of) the Merkle tree: the one place that keeps
+    /// the tree, so the benchmark switch that skips it is checked once.
+    fn toggle_entry(
+        &self,
+        state: &mut WriteState,
+        segment: u16,
+        key_bytes: &[u8],
+        record: &Record,
+    ) {
+        if self.merkle_upkeep {
+            state.merkle.toggle(segment, &entry_of(key_bytes, record));
+        }
+    }
+}
+
 /// A cheap-to-clone handle to one node's database.
 #[derive(Clone)]
 pub struct Store {
@@ -248,14 +264,10 @@ impl Store {
         }
 
         if let Some(current) = &current {
-            if inner.merkle_upkeep {
-                state.merkle.toggle(segment, &entry_of(&key_bytes, current));
-            }
+            inner.toggle_entry(&mut state, segment, &key_bytes, current);
             adjust(&mut state.counts, key, current.is_live(), -1);
         }
-        if inner.merkle_upkeep {
-            state.merkle.toggle(segment, &entry_of(&key_bytes, &candidate));
-        }
+        inner.toggle_entry(&mut state, segment, &key_bytes, &candidate);
         adjust(&mut state.counts, key, candidate.is_live(), 1);
         let seq = inner.committer.applied();
         drop(state);
@@ -293,9 +305,7 @@ impl Store {
                 (Some(record), Ok(key)) if !record.is_live() && record.version.ts.raw() == ts => {
                     inner.records.remove(&stored_key)?;
                     inner.indexes.remove_old(&IndexChange::removing(&key, key_bytes, &record))?;
-                    if inner.merkle_upkeep {
-                        state.merkle.toggle(segment, &entry_of(key_bytes, &record));
-                    }
+                    inner.toggle_entry(&mut state, segment, key_bytes, &record);
                     purged += 1;
                 }
                 // The key was written again since: the entry is stale.
