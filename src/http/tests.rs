@@ -116,6 +116,15 @@ impl Harness {
         self.json(Method::POST, "/todos", &body.to_string()).await
     }
 
+    /// Marks the node as joining (not ready).
+    fn joining(&self) {
+        self.services.readiness.set(ReadyState {
+            ready: false,
+            standalone: false,
+            reason: "joining".into(),
+        });
+    }
+
     fn root(&self) -> String {
         merkle::hex(&self.services.status().merkle_root)
     }
@@ -497,11 +506,7 @@ async fn documents_put_get_list_delete() {
 #[tokio::test]
 async fn not_ready_means_503_with_retry_after_on_data_routes_only() {
     let h = harness();
-    h.services.readiness.set(ReadyState {
-        ready: false,
-        standalone: false,
-        reason: "joining".into(),
-    });
+    h.joining();
     let todos = h.call(Method::GET, "/todos", &[], None).await;
     assert_eq!(todos.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(todos.header(header::RETRY_AFTER), "1");
@@ -519,11 +524,7 @@ async fn serve_stale_answers_reads_but_not_writes_while_not_ready() {
     let h = harness_configured(1024 * 1024, true);
     let created = h.create(json!({"todo": "before the join"})).await;
     assert_eq!(created.status, StatusCode::CREATED);
-    h.services.readiness.set(ReadyState {
-        ready: false,
-        standalone: false,
-        reason: "joining".into(),
-    });
+    h.joining();
     let list = h.call(Method::GET, "/todos", &[], None).await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.json().as_array().map(Vec::len), Some(1));

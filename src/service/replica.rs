@@ -261,8 +261,15 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::model::{NodeId, Origin, Value, Version};
 
-    fn ready() -> Readiness {
-        Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() })
+    /// A replica on a fresh store whose clock reads 100 s, with a 10 s tombstone TTL.
+    fn replica_at_100s() -> (tempfile::TempDir, Store, ReplicaService) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
+        let ready =
+            Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() });
+        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready);
+        (dir, store, replica)
     }
 
     #[test]
@@ -292,10 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn out_of_contact_a_node_neither_purges_nor_refuses_old_tombstones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1).unwrap();
-        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
+        let (_dir, store, replica) = replica_at_100s();
         store.set_last_contact(85_000).unwrap(); // 15 s ago, TTL 10 s
         let old = Key::doc("old").unwrap();
         let report = replica.merge(vec![(old.clone(), tombstone(80_000))]).await.unwrap();
@@ -323,10 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_tombstones_are_not_taken_back_and_are_purged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1).unwrap();
-        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
+        let (_dir, store, replica) = replica_at_100s();
         let (old, fresh) = (Key::doc("old").unwrap(), Key::doc("fresh").unwrap());
         let report = replica
             .merge(vec![(old.clone(), tombstone(80_000)), (fresh.clone(), tombstone(95_000))])
@@ -340,10 +341,7 @@ mod tests {
 
     #[test]
     fn reconcile_sends_what_the_asker_lacks_and_names_what_it_lacks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1).unwrap();
-        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
+        let (_dir, store, replica) = replica_at_100s();
         let keys: Vec<Key> = (0..40).map(|n| Key::doc(&format!("k{n}")).unwrap()).collect();
         for (n, key) in keys.iter().enumerate() {
             store.apply(key, tombstone(99_000 + n as u64)).unwrap();
@@ -391,10 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_with_one_bad_record_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1).unwrap();
-        let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
-        let replica = ReplicaService::new(store.clone(), clock, 10_000, ready());
+        let (_dir, store, replica) = replica_at_100s();
         let mut bad = tombstone(99_000);
         bad.value = Value::Live(b"{not json".to_vec());
         let good = (Key::doc("good").unwrap(), tombstone(99_500));

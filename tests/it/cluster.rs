@@ -93,6 +93,15 @@ async fn send_json(
     http.request(method, url).json(body).send().await.unwrap().json().await.unwrap()
 }
 
+/// Creates a todo on `member` (asserting 201); returns the answer and the new id.
+async fn create_todo(http: &reqwest::Client, member: &Member, body: &Value) -> (Value, String) {
+    let reply = http.post(format!("{}/todos", member.base)).json(body).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED, "creating {body}");
+    let created: Value = reply.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    (created, id)
+}
+
 async fn todo_on(http: &reqwest::Client, member: &Member, id: &str) -> Option<Value> {
     let reply = http.get(format!("{}/todos/{id}", member.base)).send().await.ok()?;
     if reply.status() == StatusCode::OK {
@@ -126,14 +135,8 @@ async fn three_nodes() -> (reqwest::Client, Member, Member, Member) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_delete_replicate_across_three_nodes() {
     let (http, a, b, c) = three_nodes().await;
-    let created: Value = send_json(
-        &http,
-        reqwest::Method::POST,
-        format!("{}/todos", a.base),
-        &json!({"todo": "replicate me", "extern_id": "rep"}),
-    )
-    .await;
-    let id = created["id"].as_str().unwrap().to_owned();
+    let (created, id) =
+        create_todo(&http, &a, &json!({"todo": "replicate me", "extern_id": "rep"})).await;
     for member in [&b, &c] {
         let seen = eventually("the create", CONVERGE, || todo_on(&http, member, &id)).await;
         assert_eq!(seen, created);
@@ -180,9 +183,7 @@ async fn a_partition_with_writes_on_both_sides_heals_to_equal_roots() {
     for n in 0..20 {
         for (member, side) in [(&a, "left"), (&b, "right")] {
             let body = json!({"todo": format!("{side} {n}"), "extern_id": format!("{side}-{n}")});
-            let reply =
-                http.post(format!("{}/todos", member.base)).json(&body).send().await.unwrap();
-            assert!(reply.status().is_success());
+            create_todo(&http, member, &body).await;
         }
     }
     // The same document written on both sides: the later write must win everywhere.
@@ -244,10 +245,7 @@ async fn a_late_joiner_bootstraps_over_10000_records_before_it_is_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_and_restarted_catches_up_and_deletes_stay_deleted() {
     let (http, a, b, c) = three_nodes().await;
-    let body = json!({"todo": "doomed", "extern_id": "doomed"});
-    let doomed: Value =
-        send_json(&http, reqwest::Method::POST, format!("{}/todos", a.base), &body).await;
-    let id = doomed["id"].as_str().unwrap().to_owned();
+    let (_, id) = create_todo(&http, &a, &json!({"todo": "doomed", "extern_id": "doomed"})).await;
     converged(&http, &[&a, &b, &c]).await;
 
     let dir = c.dir;
@@ -257,8 +255,7 @@ async fn a_node_killed_and_restarted_catches_up_and_deletes_stay_deleted() {
         StatusCode::NO_CONTENT
     );
     for n in 0..50 {
-        let body = json!({"todo": format!("while away {n}")});
-        http.post(format!("{}/todos", b.base)).json(&body).send().await.unwrap();
+        create_todo(&http, &b, &json!({"todo": format!("while away {n}")})).await;
     }
     let c = start_in(dir, vec![a.node.addr().to_string()], None).await;
     ready(&http, &c).await;
@@ -320,14 +317,8 @@ async fn concurrent_updates_on_skewed_nodes_converge_to_the_winner_the_order_nam
     let seed = vec![a.node.addr().to_string()];
     let b = start_with(tempfile::tempdir().unwrap(), seed, None, skewed(-500)).await;
     ready(&http, &b).await;
-    let created: Value = send_json(
-        &http,
-        reqwest::Method::POST,
-        format!("{}/todos", a.base),
-        &json!({"todo": "contested", "extern_id": "contested"}),
-    )
-    .await;
-    let id = created["id"].as_str().unwrap().to_owned();
+    let body = json!({"todo": "contested", "extern_id": "contested"});
+    let (_, id) = create_todo(&http, &a, &body).await;
     eventually("the create on b", CONVERGE, || todo_on(&http, &b, &id)).await;
 
     for round in 0..5 {
@@ -383,9 +374,7 @@ async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back()
     ready(&http, &b).await;
     ready(&http, &c).await;
     let body = json!({"todo": "deleted while b is away", "extern_id": "ghost"});
-    let ghost: Value =
-        send_json(&http, reqwest::Method::POST, format!("{}/todos", a.base), &body).await;
-    let id = ghost["id"].as_str().unwrap().to_owned();
+    let (_, id) = create_todo(&http, &a, &body).await;
     eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &id)).await;
 
     let dir_b = b.dir;
@@ -431,21 +420,12 @@ async fn a_cluster_down_longer_than_the_tombstone_ttl_loses_nothing() {
     let a = boot(tempfile::tempdir().unwrap(), vec![]).await;
     let b = boot(tempfile::tempdir().unwrap(), vec![a.node.addr().to_string()]).await;
     ready(&http, &b).await;
-    let create = |member: &Member, text: &str| {
-        let url = format!("{}/todos", member.base);
-        let body = json!({ "todo": text });
-        let http = http.clone();
-        async move {
-            let created = send_json(&http, reqwest::Method::POST, url, &body).await;
-            created["id"].as_str().unwrap().to_owned()
-        }
-    };
-    let both = create(&a, "on both").await;
+    let (_, both) = create_todo(&http, &a, &json!({"todo": "on both"})).await;
     eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &both)).await;
 
     let dir_a = a.dir;
     a.node.shutdown().await.unwrap();
-    let only_b = create(&b, "written while a was down").await;
+    let (_, only_b) = create_todo(&http, &b, &json!({"todo": "written while a was down"})).await;
     let dir_b = b.dir;
     b.node.shutdown().await.unwrap();
     tokio::time::sleep(ttl + Duration::from_millis(500)).await;
@@ -504,8 +484,7 @@ async fn sync_now(http: &reqwest::Client, from: &Member, peer: &Member) -> Value
 async fn create_todos(http: &reqwest::Client, member: &Member, prefix: &str, count: usize) {
     for n in 0..count {
         let body = json!({"todo": format!("{prefix} {n}"), "extern_id": format!("{prefix}-{n}")});
-        let reply = http.post(format!("{}/todos", member.base)).json(&body).send().await.unwrap();
-        assert_eq!(reply.status(), StatusCode::CREATED);
+        create_todo(http, member, &body).await;
     }
 }
 
