@@ -1,9 +1,11 @@
 //! The hybrid logical clock that stamps every local write.
 //!
-//! Why our own and not `uhlc`: we need the clock to (a) never refuse a remote timestamp
-//! (convergence comes first; far-ahead ones are only counted), (b) start past the highest
-//! timestamp already on disk, and (c) run on a per-node manual clock in tests. The
-//! algorithm is a dozen lines; owning it keeps those three properties visible.
+//! Why our own and not `uhlc`: we need the clock to (a) refuse a remote timestamp more
+//! than `max_clock_skew` ahead of our physical clock without moving (one far-future
+//! record must not drag every later write with it, SPEC §1), (b) start past the highest
+//! plausible timestamp already on disk, (c) fail a local write it cannot stamp above
+//! the version it replaces instead of saturating, and (d) run on a per-node manual clock
+//! in tests. The algorithm is a few dozen lines; owning it keeps those visible.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,19 +76,34 @@ impl<C: PhysicalClock + ?Sized> PhysicalClock for Arc<C> {
 /// What [`Hlc::observe`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observation {
+    /// Within `max_clock_skew` of our physical clock: the clock moved past it.
     InBounds,
     /// The remote timestamp was this many ms ahead of our physical clock, more than the
-    /// allowed skew. It is still observed (convergence first), but worth a log line.
-    AheadBy(u64),
+    /// allowed skew: refused, and the clock did not move. The record it stamps must not
+    /// be merged now (anti-entropy offers it again once our clock has caught up).
+    Refused { ahead_ms: u64 },
 }
 
-/// Hybrid logical clock: never goes backwards, and moves past every timestamp it observes,
-/// so a write made after seeing another write always wins over it.
+/// A local write could not be stamped above the version it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the current version of this key is stamped {ahead_ms} ms ahead of this node's clock \
+     (more than max_clock_skew): a write now would not take effect; retry once the clocks agree"
+)]
+pub struct ClockBehind {
+    pub ahead_ms: u64,
+}
+
+/// Hybrid logical clock: never goes backwards, and moves past every timestamp it
+/// observes within the allowed skew, so a write made after seeing another write always
+/// wins over it.
 pub struct Hlc {
     last: AtomicU64,
     physical: Box<dyn PhysicalClock>,
     max_skew_ms: u64,
-    skewed_observations: AtomicU64,
+    refused: AtomicU64,
+    /// The furthest ahead (ms) a refused timestamp was, since start.
+    furthest_refused_ms: AtomicU64,
 }
 
 impl Hlc {
@@ -95,11 +112,13 @@ impl Hlc {
             last: AtomicU64::new(0),
             physical: Box::new(physical),
             max_skew_ms,
-            skewed_observations: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            furthest_refused_ms: AtomicU64::new(0),
         }
     }
 
-    /// A fresh timestamp, greater than every one handed out or observed before.
+    /// A fresh timestamp, greater than every one handed out or observed before (it
+    /// cannot saturate: observations are bounded by the physical clock plus the skew).
     pub fn now(&self) -> Timestamp {
         let physical = Timestamp::from_parts(self.physical.now_ms(), 0).raw();
         let previous = self
@@ -111,22 +130,64 @@ impl Hlc {
         Timestamp::from_raw(physical.max(previous.saturating_add(1)))
     }
 
-    /// Moves the clock past `remote`, so the next local write wins over it.
-    pub fn observe(&self, remote: Timestamp) -> Observation {
-        self.last.fetch_max(remote.raw(), Ordering::SeqCst);
-        let physical_ms = self.physical.now_ms();
-        let ahead = remote.millis().saturating_sub(physical_ms);
-        if ahead > self.max_skew_ms {
-            self.skewed_observations.fetch_add(1, Ordering::Relaxed);
-            Observation::AheadBy(ahead)
+    /// Whether `remote` is within the allowed skew of our physical clock, without
+    /// moving or counting anything.
+    pub fn check(&self, remote: Timestamp) -> Observation {
+        let ahead_ms = remote.millis().saturating_sub(self.physical.now_ms());
+        if ahead_ms > self.max_skew_ms {
+            Observation::Refused { ahead_ms }
         } else {
             Observation::InBounds
         }
     }
 
-    /// How many observed timestamps were further ahead than the allowed skew.
-    pub fn skewed_observations(&self) -> u64 {
-        self.skewed_observations.load(Ordering::Relaxed)
+    /// Moves the clock past `remote`, so the next local write wins over it — unless
+    /// `remote` is further ahead than the allowed skew: then the clock stays where it
+    /// is and the refusal is counted.
+    pub fn observe(&self, remote: Timestamp) -> Observation {
+        let seen = self.check(remote);
+        match seen {
+            Observation::InBounds => {
+                self.last.fetch_max(remote.raw(), Ordering::SeqCst);
+            }
+            Observation::Refused { ahead_ms } => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                self.furthest_refused_ms.fetch_max(ahead_ms, Ordering::Relaxed);
+            }
+        }
+        seen
+    }
+
+    /// A timestamp for a local write replacing a version stamped `floor`: greater than
+    /// `floor` and than every timestamp handed out before. Fails when `floor` is further
+    /// ahead than the allowed skew (the write would not take effect).
+    pub fn next_after(&self, floor: Timestamp) -> Result<Timestamp, ClockBehind> {
+        if let Observation::Refused { ahead_ms } = self.check(floor) {
+            return Err(ClockBehind { ahead_ms });
+        }
+        self.last.fetch_max(floor.raw(), Ordering::SeqCst);
+        let ts = self.now();
+        if ts > floor {
+            Ok(ts)
+        } else {
+            Err(ClockBehind { ahead_ms: floor.millis().saturating_sub(self.physical_ms()) })
+        }
+    }
+
+    /// How many remote timestamps were refused as too far ahead.
+    pub fn refused_observations(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How far ahead of our physical clock (ms) the furthest refused timestamp was: a
+    /// large value means our clock is behind our peers', or a peer's is far ahead.
+    pub fn furthest_refused_ms(&self) -> u64 {
+        self.furthest_refused_ms.load(Ordering::Relaxed)
+    }
+
+    /// How far ahead of our physical clock (ms) a remote timestamp may be.
+    pub fn max_skew_ms(&self) -> u64 {
+        self.max_skew_ms
     }
 
     /// Milliseconds of the physical clock (for `created_at`-style wall times).
@@ -157,7 +218,8 @@ mod tests {
 
     proptest! {
         /// Timestamps handed out strictly increase, and each one is past everything
-        /// observed before it, whatever the physical clock does (including going back).
+        /// observed (within the skew) before it, whatever the physical clock does
+        /// (including going back).
         #[test]
         fn never_backwards_and_past_every_observation(steps in prop::collection::vec(arb_step(), 1..64)) {
             let physical = Arc::new(ManualClock::new(1_000_000));
@@ -177,8 +239,9 @@ mod tests {
                     }
                     Step::Observe(raw) => {
                         let ts = Timestamp::from_raw(raw);
-                        hlc.observe(ts);
-                        highest_seen = highest_seen.max(ts);
+                        if hlc.observe(ts) == Observation::InBounds {
+                            highest_seen = highest_seen.max(ts);
+                        }
                     }
                     Step::MovePhysical(ms) => physical.set(ms),
                 }
@@ -197,11 +260,30 @@ mod tests {
     }
 
     #[test]
-    fn counts_far_ahead_observations_but_still_moves() {
+    fn refuses_far_ahead_observations_without_moving() {
         let hlc = Hlc::new(ManualClock::new(5_000), 1_000);
         assert_eq!(hlc.observe(Timestamp::from_parts(5_500, 0)), Observation::InBounds);
-        assert_eq!(hlc.observe(Timestamp::from_parts(9_000, 0)), Observation::AheadBy(4_000));
-        assert_eq!(hlc.skewed_observations(), 1);
-        assert!(hlc.now() > Timestamp::from_parts(9_000, 0));
+        assert_eq!(
+            hlc.observe(Timestamp::from_parts(9_000, 0)),
+            Observation::Refused { ahead_ms: 4_000 }
+        );
+        assert!(matches!(hlc.observe(Timestamp::from_raw(u64::MAX)), Observation::Refused { .. }));
+        assert_eq!(hlc.refused_observations(), 2);
+        let next = hlc.now();
+        assert!(next > Timestamp::from_parts(5_500, 0) && next < Timestamp::from_parts(5_501, 0));
+    }
+
+    #[test]
+    fn a_write_over_a_far_future_version_fails_instead_of_losing() {
+        let physical = Arc::new(ManualClock::new(5_000));
+        let hlc = Hlc::new(physical.clone(), 1_000);
+        let future = Timestamp::from_parts(60_000, 0);
+        assert_eq!(hlc.next_after(future), Err(ClockBehind { ahead_ms: 55_000 }));
+        assert!(hlc.next_after(Timestamp::from_raw(u64::MAX)).is_err());
+        // Within the skew the write goes above it; once our clock catches up, too.
+        let near = Timestamp::from_parts(5_900, 7);
+        assert!(hlc.next_after(near).unwrap() > near);
+        physical.set(60_000);
+        assert!(hlc.next_after(future).unwrap() > future);
     }
 }

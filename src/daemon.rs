@@ -12,14 +12,17 @@ use tokio_util::task::TaskTracker;
 
 use tokio::sync::mpsc;
 
-use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::clock::{Hlc, Observation, PhysicalClock, SystemClock};
 use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
 use crate::http::{self, AppState, NodeInfo};
 use crate::model::Origin;
-use crate::peer::{cluster_token, Faults, PeerClient};
-use crate::service::{Readiness, ReadyState, Services};
+use crate::peer::{cluster_token, PeerClient};
+use crate::service::{Phase, Readiness, Services, TtlRules};
 use crate::store::{Store, StoreError};
+use crate::sync::faults::{Faults, FaultyPeer};
+use crate::sync::Driver;
+use crate::transport::Peer;
 use crate::{gc, gossip, sync};
 
 /// How long shutdown waits for in-flight requests before it stops waiting.
@@ -41,13 +44,14 @@ pub enum DaemonError {
 #[derive(Clone)]
 pub struct Options {
     pub physical_clock: Arc<dyn PhysicalClock>,
-    /// Links cut by a test (empty in production).
-    pub faults: Faults,
+    /// Faults a test injects into the peer transport (None in production: the real
+    /// client is used as it is).
+    pub faults: Option<Faults>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { physical_clock: Arc::new(SystemClock), faults: Faults::default() }
+        Options { physical_clock: Arc::new(SystemClock), faults: None }
     }
 }
 
@@ -61,7 +65,7 @@ pub struct Node {
     services: Services,
     store: Store,
     cluster: Cluster,
-    peer: PeerClient,
+    peer: Arc<dyn Peer>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -114,22 +118,30 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         options.physical_clock.clone(),
         config.max_clock_skew.as_millis() as u64,
     ));
-    clock.observe(store.highest_ts_at_open());
+    if let Observation::Refused { ahead_ms } = clock.observe(store.highest_ts_at_open()) {
+        tracing::warn!(ahead_ms, "the data directory holds a version stamped further ahead of this clock than max_clock_skew; writes to that key fail until the clocks agree");
+    }
 
     let standalone = config.seeds.is_empty();
-    let readiness = Readiness::new(ReadyState {
-        ready: standalone,
-        standalone,
-        reason: if standalone {
-            "no seeds configured".into()
-        } else {
-            "joining the cluster".into()
-        },
-    });
+    let readiness = Readiness::new(Phase::Starting);
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
     let outbox = config.push_on_write.then_some(outbox);
-    let services =
-        Services::new(store.clone(), clock, readiness.clone(), outbox, config.tombstone_ttl);
+    let ttl =
+        TtlRules { tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64, seeded: !standalone };
+    let services = Services::new(store.clone(), clock, readiness.clone(), outbox, ttl);
+    let rebase_pending = store.rebasing().map_err(|source| DaemonError::Open {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let first_phase = match (standalone, rebase_pending) {
+        (true, _) => Phase::Standalone,
+        (false, true) => {
+            tracing::warn!("a rebase was under way when the node stopped: not serving until a round with a peer completes");
+            Phase::Rebasing
+        }
+        (false, false) => Phase::Joining,
+    };
+    readiness.advance(first_phase).expect("Starting may become Joining, Standalone or Rebasing");
     let name = config
         .node_name
         .clone()
@@ -150,7 +162,12 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         forget_after_ms: suspect_after_ms * 60,
     };
     let cluster = Cluster::new(me, timeouts, options.physical_clock.clone());
-    let peer = PeerClient::new(config.cluster_key.as_ref(), options.faults.clone());
+    let client: Arc<dyn Peer> = Arc::new(PeerClient::new(config.cluster_key.as_ref()));
+    let peer: Arc<dyn Peer> = match options.faults.clone() {
+        Some(faults) => Arc::new(FaultyPeer { inner: client, faults }),
+        None => client,
+    };
+    let driver = Driver::new(peer.clone(), services.replica.clone(), cluster.clone());
     if config.cluster_key.is_none() && !standalone {
         tracing::warn!("no cluster.key configured: anyone who can reach this port can join the cluster and read its data");
     }
@@ -164,7 +181,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         services: services.clone(),
         node: Arc::new(node_info),
         cluster: cluster.clone(),
-        peer: peer.clone(),
+        driver: driver.clone(),
         serve_stale: config.serve_stale,
         cluster_token: config.cluster_key.as_ref().map(cluster_token),
     };
@@ -178,22 +195,14 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         config.gossip_interval,
         shutdown.clone(),
     ));
-    tasks.spawn(sync::anti_entropy_loop(
-        cluster.clone(),
-        peer.clone(),
-        services.replica.clone(),
-        config.sync_interval,
-        shutdown.clone(),
-    ));
+    tasks.spawn(sync::anti_entropy_loop(driver.clone(), config.sync_interval, shutdown.clone()));
     tasks.spawn(sync::push_loop(cluster.clone(), peer.clone(), outbox_rx, shutdown.clone()));
     tasks.spawn(gc::purge_loop(services.replica.clone(), config.tombstone_ttl, shutdown.clone()));
     if standalone {
         tracing::info!("no seeds configured: running standalone");
     } else {
         tasks.spawn(gossip::join(
-            cluster.clone(),
-            peer.clone(),
-            services.replica.clone(),
+            driver,
             config.seeds.clone(),
             readiness,
             config.join_timeout,

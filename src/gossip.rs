@@ -1,20 +1,24 @@
 //! The membership tasks: joining through the seeds, gossip rounds, and the farewell.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::peer::PeerClient;
-use crate::service::{Readiness, ReadyState, ReplicaService};
-use crate::sync;
+use crate::service::{Phase, Readiness};
+use crate::sync::Driver;
+use crate::transport::Peer;
 
 /// Every `interval`: age the members, then exchange lists with a random alive peer —
 /// or, every tenth round and whenever nobody is alive, with a seed (which also heals
-/// partitions and lets a standalone node find a cluster that came up later).
+/// partitions and lets a standalone node find a cluster that came up later). The
+/// ageing runs on its own schedule: an exchange that hangs is cut off at the interval,
+/// so a silent peer never holds back suspicion of the others.
 pub async fn gossip_loop(
     cluster: Cluster,
-    peer: PeerClient,
+    peer: Arc<dyn Peer>,
     seeds: Vec<String>,
     readiness: Readiness,
     interval: Duration,
@@ -23,10 +27,13 @@ pub async fn gossip_loop(
     let me = cluster.me().addr;
     let seeds: Vec<String> = seeds.into_iter().filter(|seed| *seed != me).collect();
     let mut round: usize = 0;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
         }
         cluster.tick();
         round += 1;
@@ -35,36 +42,35 @@ pub async fn gossip_loop(
             _ if !seeds.is_empty() => seeds[round % seeds.len()].clone(),
             _ => continue,
         };
-        match peer.gossip(&target, &cluster.members()).await {
-            Ok(theirs) => {
+        match tokio::time::timeout(interval, peer.gossip(&target, &cluster.members())).await {
+            Ok(Ok(theirs)) => {
                 cluster.on_gossip(theirs);
             }
-            Err(error) => tracing::trace!(peer = %target, %error, "gossip failed"),
+            Ok(Err(error)) => tracing::trace!(peer = %target, %error, "gossip failed"),
+            Err(_) => tracing::trace!(peer = %target, "gossip timed out"),
         }
-        let current = readiness.current();
-        if current.ready && current.standalone && !cluster.alive_peers().is_empty() {
+        if readiness.phase() == Phase::Standalone && !cluster.alive_peers().is_empty() {
             tracing::info!("peers found: leaving standalone mode");
-            readiness.set(ReadyState { standalone: false, reason: String::new(), ..current });
+            let _ = readiness.advance(Phase::Ready);
         }
     }
 }
 
-/// Joins through the seeds, then syncs once with a peer before reporting ready. With no
-/// answer within `join_timeout`, runs standalone (and says so).
+/// Joins through the seeds, then syncs once with a peer (through the driver) before
+/// reporting ready. With no answer within `join_timeout`, runs standalone (and says so).
 pub async fn join(
-    cluster: Cluster,
-    peer: PeerClient,
-    replica: ReplicaService,
+    driver: Driver,
     seeds: Vec<String>,
     readiness: Readiness,
     join_timeout: Duration,
     stop: CancellationToken,
 ) {
     let deadline = tokio::time::Instant::now() + join_timeout;
+    let cluster = driver.cluster().clone();
     let me = cluster.me().addr;
     loop {
         for seed in seeds.iter().filter(|seed| **seed != me) {
-            match peer.gossip(seed, &cluster.members()).await {
+            match driver.peer().gossip(seed, &cluster.members()).await {
                 Ok(theirs) => {
                     cluster.on_gossip(theirs);
                 }
@@ -72,17 +78,14 @@ pub async fn join(
             }
         }
         if let Some(member) = cluster.random_alive_peer() {
-            match sync::round_with(&cluster, &peer, &replica, &member).await {
-                Ok(report) if report.skipped_stale_peer => {
-                    tracing::info!(peer = %member.addr, "that peer is stale; trying another");
-                }
+            match driver.round_with(&member).await {
                 Ok(report) => {
                     tracing::info!(peer = %member.addr, pulled = report.pulled, "joined the cluster and synced");
-                    readiness.set(ReadyState {
-                        ready: true,
-                        standalone: false,
-                        reason: String::new(),
-                    });
+                    if readiness.phase() != Phase::Ready {
+                        if let Err(refused) = readiness.advance(Phase::Ready) {
+                            tracing::warn!(%refused, "could not report ready after joining");
+                        }
+                    }
                     return;
                 }
                 Err(error) => {
@@ -90,16 +93,12 @@ pub async fn join(
                 }
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline && readiness.phase() == Phase::Joining {
             tracing::warn!(
                 ?join_timeout,
                 "no seed answered within join_timeout: running standalone"
             );
-            readiness.set(ReadyState {
-                ready: true,
-                standalone: true,
-                reason: "no seed answered within join_timeout".into(),
-            });
+            let _ = readiness.advance(Phase::Standalone);
             return;
         }
         tokio::select! {
@@ -110,7 +109,7 @@ pub async fn join(
 }
 
 /// Marks us `left` and tells every alive peer, waiting at most `within`.
-pub async fn farewell(cluster: &Cluster, peer: &PeerClient, within: Duration) {
+pub async fn farewell(cluster: &Cluster, peer: &Arc<dyn Peer>, within: Duration) {
     cluster.leave();
     let members = cluster.members();
     let mut sends = tokio::task::JoinSet::new();

@@ -28,4 +28,5 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;

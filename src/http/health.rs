@@ -52,8 +52,12 @@ pub struct Info {
     pub members: Vec<Member>,
     /// Peer id → time of the last successful sync with it (RFC 3339).
     pub last_sync: BTreeMap<String, String>,
-    /// Remote timestamps seen further ahead than the allowed clock skew.
+    /// Remote timestamps refused as further ahead than `max_clock_skew` (their records
+    /// wait for a later round).
     pub skewed_timestamps: u64,
+    /// How far ahead of this node's clock (ms) the furthest refused timestamp was; a
+    /// large value with many refusals means this node's clock is behind its peers'.
+    pub furthest_refused_ahead_ms: u64,
 }
 
 /// The process is up.
@@ -111,6 +115,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         key_count: data.counts.todos + data.counts.docs,
         members,
         last_sync,
-        skewed_timestamps: data.skewed_observations,
+        skewed_timestamps: data.refused_timestamps,
+        furthest_refused_ahead_ms: data.furthest_refused_ms,
     })
 }

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use super::problem::ApiError;
 use super::AppState;
 use crate::peer::TOKEN_HEADER;
-use crate::wire::{self, NodesRequest, ReconcileRequest, RootReply, RootRequest, TOP_LEVEL};
+use crate::sync::receiver::{self, ReceiveError};
+use crate::sync::SyncError;
 
 fn octets(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -42,48 +43,32 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
 }
 
+impl From<ReceiveError> for ApiError {
+    fn from(error: ReceiveError) -> Self {
+        match error {
+            ReceiveError::Bad { what, reason } => {
+                tracing::warn!(%reason, "rejected a peer {what}");
+                ApiError::BadRequest(format!("bad {what}: {reason}"))
+            }
+            ReceiveError::Service(error) => error.into(),
+        }
+    }
+}
+
 pub async fn root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request = RootRequest::decode(&body).map_err(|e| bad_peer_body("root request", e))?;
-    let replica = &state.services.replica;
-    let sync = replica.sync_state()?;
-    let root = replica.root();
-    let top = if root == request.root {
-        Vec::new()
-    } else {
-        let top =
-            NodesRequest { window: request.window, level: 0, depth: TOP_LEVEL, indices: vec![0] };
-        let hashes = replica.descendants(&top);
-        hashes.iter().map(|hash| wire::digest(hash, request.window)).collect()
-    };
-    let reply =
-        RootReply { root, purge_horizon: sync.purge_horizon, last_contact: sync.last_contact, top };
-    Ok(octets(reply.encode()))
+    Ok(octets(receiver::root(&state.services.replica, &body)?))
 }
 
 pub async fn nodes(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request = NodesRequest::decode(&body).map_err(|e| bad_peer_body("node request", e))?;
-    let hashes = state.services.replica.descendants(&request);
-    Ok(octets(wire::encode_digests(&hashes, request.window)))
+    Ok(octets(receiver::nodes(&state.services.replica, &body)?))
 }
 
 pub async fn reconcile(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request =
-        ReconcileRequest::decode(&body).map_err(|e| bad_peer_body("reconcile request", e))?;
-    let replica = state.services.replica.clone();
-    let reply = tokio::task::spawn_blocking(move || {
-        replica.reconcile(&request).map(|reply| reply.encode())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(octets(reply))
+    Ok(octets(receiver::reconcile(&state.services.replica, body.to_vec()).await?))
 }
 
 pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let records = wire::decompress_batch(&body).map_err(|e| bad_peer_body("record batch", e))?;
-    state.services.replica.merge(records).await.map_err(|error| match ApiError::from(error) {
-        ApiError::Validation { message, .. } => bad_peer_body("record batch", message),
-        other => other,
-    })?;
+    receiver::records(&state.services.replica, body.to_vec()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -92,16 +77,26 @@ pub struct SyncQuery {
     peer: String,
 }
 
-/// Runs one anti-entropy round with `?peer=host:port` now and answers what it did: for
-/// an operator who wants a repair without waiting, and for the `repair` benchmark.
+/// Runs one anti-entropy round with the alive member at `?peer=host:port` now and
+/// answers what it did: for an operator who wants a repair without waiting, and for the
+/// `repair` benchmark. Any address that is not an alive member's is refused (422), so
+/// the node never calls an address a client names.
 pub async fn sync_now(
     State(state): State<AppState>,
     Query(query): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    let report =
-        crate::sync::sync_round(&state.peer, &state.services.replica, &query.peer).await.map_err(
-            |error| ApiError::BadGateway(format!("sync with {} failed: {error}", query.peer)),
-        )?;
+    let report = state.driver.sync_now(&query.peer).await.map_err(|error| match error {
+        SyncError::NotAMember(_) => {
+            ApiError::Validation { field: "peer", message: error.to_string() }
+        }
+        error => {
+            tracing::warn!(peer = %query.peer, %error, "operator's sync round failed");
+            ApiError::BadGateway(format!(
+                "the sync round with {} failed (see the node's log)",
+                query.peer
+            ))
+        }
+    })?;
     Ok(axum::Json(report).into_response())
 }
 

@@ -23,8 +23,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cluster::Cluster;
 use crate::model::{NodeId, Version};
-use crate::peer::PeerClient;
 use crate::service::Services;
+use crate::sync::Driver;
 pub use problem::ApiError;
 
 /// Who this node is, as the API reports it.
@@ -42,7 +42,7 @@ pub struct AppState {
     pub node: Arc<NodeInfo>,
     pub cluster: Cluster,
     /// For the operator's `POST /internal/v1/sync` (one anti-entropy round now).
-    pub peer: PeerClient,
+    pub driver: Driver,
     /// Answer reads while not ready (`cluster.serve_stale`).
     pub serve_stale: bool,
     /// Peers must present this on `/internal/` (None: no key configured).

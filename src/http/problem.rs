@@ -115,12 +115,14 @@ impl From<ServiceError> for ApiError {
         match error {
             ServiceError::NotFound => ApiError::NotFound("no such resource".into()),
             ServiceError::Conflict(detail) => ApiError::Conflict(detail),
+            ServiceError::ClockBehind(behind) => ApiError::Conflict(behind.to_string()),
             ServiceError::PreconditionFailed => ApiError::PreconditionFailed,
             ServiceError::Invalid(field) => {
                 ApiError::Validation { field: field.field, message: field.message }
             }
             ServiceError::Store(error) if error.is_storage_full() => ApiError::StorageFull,
             ServiceError::Store(error) => ApiError::Internal(error.to_string()),
+            ServiceError::Interrupted => ApiError::Internal("interrupted".into()),
         }
     }
 }

@@ -9,7 +9,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::clock::{Hlc, SystemClock};
-use crate::service::{Readiness, ReadyState};
+use crate::service::{Phase, Readiness, TtlRules};
 use crate::store::Store;
 
 struct Harness {
@@ -41,15 +41,10 @@ fn harness_with(max_body: usize) -> Harness {
 fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1).unwrap();
-    let readiness =
-        Readiness::new(ReadyState { ready: true, standalone: true, reason: String::new() });
-    let services = Services::new(
-        store.clone(),
-        Arc::new(Hlc::new(SystemClock, 1000)),
-        readiness,
-        None,
-        std::time::Duration::from_secs(3600),
-    );
+    let readiness = Readiness::new(Phase::Standalone);
+    let ttl = TtlRules { tombstone_ttl_ms: 3_600_000, seeded: false };
+    let clock = Arc::new(Hlc::new(SystemClock, 1000));
+    let services = Services::new(store.clone(), clock, readiness, None, ttl);
     let node = NodeInfo {
         id: store.identity().node,
         name: "test".into(),
@@ -70,13 +65,14 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         forget_after_ms: 60_000,
     };
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
-    let peer = crate::peer::PeerClient::new(None, crate::peer::Faults::default());
+    let peer: Arc<dyn crate::transport::Peer> = Arc::new(crate::peer::PeerClient::new(None));
+    let driver = crate::sync::Driver::new(peer, services.replica.clone(), cluster.clone());
     let node = Arc::new(node);
     let state = AppState {
         services: services.clone(),
         node,
         cluster,
-        peer,
+        driver,
         serve_stale,
         cluster_token: None,
     };
@@ -116,13 +112,9 @@ impl Harness {
         self.json(Method::POST, "/todos", &body.to_string()).await
     }
 
-    /// Marks the node as joining (not ready).
+    /// Marks the node as not ready (rebasing).
     fn joining(&self) {
-        self.services.readiness.set(ReadyState {
-            ready: false,
-            standalone: false,
-            reason: "joining".into(),
-        });
+        self.services.readiness.advance(Phase::Rebasing).unwrap();
     }
 
     fn root(&self) -> String {

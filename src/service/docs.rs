@@ -43,8 +43,8 @@ impl DocService {
     ) -> Result<(bool, Version), ServiceError> {
         let key = doc_key(path)?;
         let mut created = false;
-        let applied = self.writer.store.apply_with(&key, |current| {
-            let current = current.filter(|r| r.is_live());
+        let applied = self.writer.store.apply_with(&key, |stored| {
+            let current = stored.filter(|r| r.is_live());
             if let Some(condition) = if_match {
                 match current {
                     Some(record) if condition.allows(&record.version) => {}
@@ -52,7 +52,7 @@ impl DocService {
                 }
             }
             created = current.is_none();
-            Ok(Record { version: self.writer.next_version(), value: Value::Live(json) })
+            Ok(Record { version: self.writer.next_version(stored)?, value: Value::Live(json) })
         })?;
         self.writer.commit(&key, &applied).await?;
         Ok((created, applied.record.version))
@@ -76,7 +76,10 @@ impl DocService {
             if if_match.is_some_and(|condition| !condition.allows(&current.version)) {
                 return Err(ServiceError::PreconditionFailed);
             }
-            Ok(Record { version: self.writer.next_version(), value: Value::Tombstone })
+            Ok(Record {
+                version: self.writer.next_version(Some(current))?,
+                value: Value::Tombstone,
+            })
         })?;
         self.writer.commit(&key, &applied).await
     }

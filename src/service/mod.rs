@@ -2,12 +2,13 @@
 //! preconditions and conflicts are decided. Knows nothing of HTTP.
 
 mod docs;
+mod readiness;
 mod replica;
 mod todos;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::clock::Hlc;
@@ -17,7 +18,8 @@ use crate::model::{Key, Origin, Record, Version};
 use crate::store::{Applied, ApplyError, Counts, Store, StoreError};
 
 pub use docs::{DocEntry, DocPage, DocService};
-pub use replica::{fingerprint, MergeReport, ReplicaService, SyncState};
+pub use readiness::{Phase, Readiness, ReadyState, Refused};
+pub use replica::{fingerprint, MergeReport, ReplicaService, SyncState, TtlRules};
 pub use todos::{NewTodo, TodoPage, TodoPatch, TodoQuery, TodoService, TodoView};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +32,14 @@ pub enum ServiceError {
     PreconditionFailed,
     #[error("invalid {}: {}", .0.field, .0.message)]
     Invalid(FieldError),
+    /// The key's current version is further ahead than our clock may move.
+    #[error(transparent)]
+    ClockBehind(#[from] crate::clock::ClockBehind),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A blocking task was cancelled or panicked (the runtime is shutting down).
+    #[error("the operation was interrupted")]
+    Interrupted,
 }
 
 impl From<ApplyError<ServiceError>> for ServiceError {
@@ -95,10 +103,16 @@ impl Writer {
         }
     }
 
-    /// A version for a new local write. Call it inside `apply_with`, under the store's
-    /// write lock, so it is greater than the record it replaces.
-    fn next_version(&self) -> Version {
-        Version { ts: self.clock.now(), origin: self.origin, uuid: Uuid::new_v4() }
+    /// A version for a new local write replacing `current`. Call it inside
+    /// `apply_with`, under the store's write lock, so it is greater than the record it
+    /// replaces; when it cannot be (that record is stamped further ahead than our clock
+    /// may move) the write fails instead of answering 2xx without taking effect.
+    fn next_version(&self, current: Option<&Record>) -> Result<Version, ServiceError> {
+        let ts = match current {
+            Some(record) => self.clock.next_after(record.version.ts)?,
+            None => self.clock.now(),
+        };
+        Ok(Version { ts, origin: self.origin, uuid: Uuid::new_v4() })
     }
 
     /// Waits until the write is durable, then hands it to the pusher.
@@ -121,34 +135,10 @@ fn live(record: Option<Record>) -> Option<Record> {
 pub struct DataStatus {
     pub merkle_root: Hash,
     pub counts: Counts,
-    pub skewed_observations: u64,
-}
-
-/// Whether the node may serve data yet, and why not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadyState {
-    pub ready: bool,
-    /// No seed answered (or none was configured): this node runs alone.
-    pub standalone: bool,
-    pub reason: String,
-}
-
-/// The readiness flag: written by the daemon and the cluster layer, read by HTTP.
-#[derive(Clone)]
-pub struct Readiness(Arc<watch::Sender<ReadyState>>);
-
-impl Readiness {
-    pub fn new(initial: ReadyState) -> Self {
-        Readiness(Arc::new(watch::Sender::new(initial)))
-    }
-
-    pub fn current(&self) -> ReadyState {
-        self.0.borrow().clone()
-    }
-
-    pub fn set(&self, state: ReadyState) {
-        self.0.send_replace(state);
-    }
+    /// Remote timestamps refused as too far ahead of our clock.
+    pub refused_timestamps: u64,
+    /// The furthest ahead (ms) a refused timestamp was.
+    pub furthest_refused_ms: u64,
 }
 
 /// Everything the HTTP layer may call.
@@ -168,18 +158,13 @@ impl Services {
         clock: Arc<Hlc>,
         readiness: Readiness,
         outbox: Option<mpsc::Sender<(Key, Record)>>,
-        tombstone_ttl: std::time::Duration,
+        ttl: TtlRules,
     ) -> Self {
         let writer = Writer::new(store.clone(), clock.clone(), outbox);
         Services {
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
-            replica: ReplicaService::new(
-                store.clone(),
-                clock.clone(),
-                tombstone_ttl.as_millis() as u64,
-                readiness.clone(),
-            ),
+            replica: ReplicaService::new(store.clone(), clock.clone(), ttl, readiness.clone()),
             readiness,
             store,
             clock,
@@ -190,7 +175,8 @@ impl Services {
         DataStatus {
             merkle_root: self.store.merkle_root(),
             counts: self.store.counts(),
-            skewed_observations: self.clock.skewed_observations(),
+            refused_timestamps: self.clock.refused_observations(),
+            furthest_refused_ms: self.clock.furthest_refused_ms(),
         }
     }
 }

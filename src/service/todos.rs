@@ -67,7 +67,7 @@ impl TodoService {
                     "a todo with extern_id {extern_id:?} already exists (id {id})"
                 )));
             }
-            let version = self.writer.next_version();
+            let version = self.writer.next_version(current)?;
             let now = version.ts.raw();
             let stored = StoredTodo {
                 extern_id: extern_id.clone(),
@@ -124,7 +124,7 @@ impl TodoService {
         }
         let applied = self.writer.store.apply_with(&Key::Todo(id), |current| {
             let (current, mut stored) = current_todo(id, current, if_match)?;
-            let version = self.writer.next_version();
+            let version = self.writer.next_version(Some(current))?;
             debug_assert!(version > current.version);
             if let Some(text) = patch.todo {
                 stored.todo = text;
@@ -142,8 +142,11 @@ impl TodoService {
     /// Deletes a todo by writing a tombstone.
     pub async fn delete(&self, id: Uuid, if_match: Option<&IfMatch>) -> Result<(), ServiceError> {
         let applied = self.writer.store.apply_with(&Key::Todo(id), |current| {
-            current_todo(id, current, if_match)?;
-            Ok(Record { version: self.writer.next_version(), value: Value::Tombstone })
+            let (current, _) = current_todo(id, current, if_match)?;
+            Ok(Record {
+                version: self.writer.next_version(Some(current))?,
+                value: Value::Tombstone,
+            })
         })?;
         self.writer.commit(&Key::Todo(id), &applied).await
     }

@@ -8,10 +8,12 @@
 //! Written without a transaction (see the store's module doc): new entries before the
 //! record, old entries after it; readers check entries against the record.
 
+use uuid::Uuid;
+
 use crate::model::todo::StoredTodo;
 use crate::model::{Key, Record};
 
-use super::StoreError;
+use super::{Store, StoreError, TodoCursor};
 
 pub(super) struct Indexes {
     pub(super) todo_order: sled::Tree,
@@ -122,10 +124,70 @@ impl Indexes {
         }
         Ok(())
     }
+}
 
-    pub(super) fn clear(&self) -> sled::Result<()> {
-        self.todo_order.clear()?;
-        self.doc_names.clear()?;
-        self.tombstones.clear()
+/// Readers over the indexes. Every entry is checked against the record it names, since
+/// a crash mid-apply can leave extra entries.
+impl Store {
+    /// Live todos, newest first, starting after `after`: each with its index position and
+    /// record. Stale index entries (left by a crash mid-apply) are skipped.
+    pub fn todos_newest_first(
+        &self,
+        after: Option<TodoCursor>,
+    ) -> impl Iterator<Item = Result<(TodoCursor, Uuid, Record), StoreError>> + '_ {
+        let range = match after {
+            Some(cursor) => self.inner.indexes.todo_order.range(..cursor.to_vec()),
+            None => self.inner.indexes.todo_order.range::<Vec<u8>, _>(..),
+        };
+        range.rev().filter_map(move |entry| self.todo_at(entry).transpose())
+    }
+
+    fn todo_at(
+        &self,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<Option<(TodoCursor, Uuid, Record)>, StoreError> {
+        let (index_key, _) = entry?;
+        let cursor: TodoCursor =
+            index_key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+        let id =
+            Uuid::from_slice(&cursor[8..]).map_err(|_| StoreError::CorruptMeta("todo_order"))?;
+        let Some(record) = self.get(&Key::Todo(id))? else { return Ok(None) };
+        let created_at = record
+            .live_bytes()
+            .and_then(|bytes| StoredTodo::decode(bytes).ok())
+            .map(|t| t.created_at);
+        if created_at.map(u64::to_be_bytes).as_ref()
+            != Some(&cursor[..8].try_into().unwrap_or_default())
+        {
+            return Ok(None);
+        }
+        Ok(Some((cursor, id, record)))
+    }
+
+    /// Document paths starting with `prefix`, in byte order, after `after`. May name
+    /// documents that are deleted by now: check the record.
+    pub fn doc_paths(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        let start = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                std::ops::Bound::Excluded(after.as_bytes().to_vec())
+            }
+            _ => std::ops::Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        let prefix = prefix.as_bytes().to_vec();
+        self.inner
+            .indexes
+            .doc_names
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(move |entry| {
+                entry.as_ref().map_or(true, |(path, _)| path.starts_with(&prefix))
+            })
+            .map(|entry| {
+                let (path, _) = entry?;
+                String::from_utf8(path.to_vec()).map_err(|_| StoreError::CorruptMeta("doc_names"))
+            })
     }
 }

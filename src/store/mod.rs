@@ -23,17 +23,14 @@
 
 mod commit;
 mod index;
+mod meta;
+mod open;
 
-use std::fs::File;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use uuid::Uuid;
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
-use crate::model::todo::StoredTodo;
-use crate::model::{Key, NodeId, Origin, Record, Timestamp};
+use crate::model::{Key, Origin, Record, Timestamp, Version};
 use commit::Committer;
 use index::{IndexChange, Indexes};
 
@@ -150,51 +147,7 @@ pub type TodoCursor = [u8; 24];
 /// todo keys and JSON todo values; bump when either changes.
 pub const STORE_FORMAT: u8 = 2;
 
-const META_FORMAT: &str = "store_format";
-const META_NODE_ID: &str = "node_id";
-const META_JOINED_AT: &str = "joined_at";
-const META_LAST_CONTACT: &str = "last_contact";
-const META_PURGE_HORIZON: &str = "purge_horizon";
-
 impl Store {
-    /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
-    /// `now_ms` becomes this node's `joined_at` if the directory is new.
-    pub fn open(dir: &Path, now_ms: u64) -> Result<Store, StoreError> {
-        Store::open_with(dir, now_ms, true)
-    }
-
-    /// [`Store::open`], optionally without Merkle upkeep (`merkle_upkeep = false` is for
-    /// measuring what the tree costs; such a store must not sync).
-    pub fn open_with(dir: &Path, now_ms: u64, merkle_upkeep: bool) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let records = db.open_tree("records")?;
-        let indexes = Indexes::open(&db)?;
-        let meta = db.open_tree("meta")?;
-        check_format(&db, &meta, &records)?;
-        let identity = load_or_create_identity(&db, &meta, now_ms)?;
-        let (write, highest_ts_at_open) = scan(&records)?;
-        let data_file = File::open(dir.join("db")).ok();
-        let committer = Committer::start(db.clone(), data_file).map_err(sled::Error::Io)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                records,
-                indexes,
-                meta,
-                identity,
-                highest_ts_at_open,
-                write: Mutex::new(write),
-                committer,
-                merkle_upkeep,
-            }),
-        })
-    }
-
     /// This node's id and `joined_at`, stamped on every local write.
     pub fn identity(&self) -> Origin {
         self.inner.identity
@@ -275,10 +228,37 @@ impl Store {
         Ok(Applied { changed: true, record: candidate, seq })
     }
 
-    /// The other mutation: removes tombstones written before `older_than` (expired by
-    /// the tombstone TTL), at most `limit` of them. Under the write lock, a tombstone is
-    /// removed only if it is still the current record; its Merkle entry goes with it.
-    /// Returns how many were purged.
+    /// The second mutation: removes the record under `key` if it is still exactly
+    /// `version` (so a write that raced in since is kept), with its index entries, Merkle
+    /// entry and count. Returns whether it removed anything. For records a sync peer
+    /// proved may have been deleted (see `sync`), and for expired tombstones.
+    pub fn remove_if_current(&self, key: &Key, version: &Version) -> Result<bool, StoreError> {
+        let inner = &*self.inner;
+        let key_bytes = key.to_bytes();
+        let segment = merkle::segment_of(&key_bytes);
+        let stored_key = record_key_in(segment, &key_bytes);
+        let mut state = self.lock_write();
+        let current = match inner.records.get(&stored_key)? {
+            Some(bytes) => decode(&key_bytes, &bytes)?,
+            None => return Ok(false),
+        };
+        if current.version != *version {
+            return Ok(false);
+        }
+        inner.records.remove(&stored_key)?;
+        inner.indexes.remove_old(&IndexChange::removing(key, &key_bytes, &current))?;
+        inner.toggle_entry(&mut state, segment, &key_bytes, &current);
+        adjust(&mut state.counts, key, current.is_live(), -1);
+        drop(state);
+        inner.committer.applied();
+        inner.committer.request_flush();
+        Ok(true)
+    }
+
+    /// Removes tombstones written before `older_than` (expired by the tombstone TTL),
+    /// at most `limit` of them, through [`Store::remove_if_current`]. The purge horizon
+    /// is raised and flushed *first*: a crash mid-purge must never leave tombstones gone
+    /// while peers are still told we hold them. Returns how many were purged.
     pub fn purge_tombstones(
         &self,
         older_than: Timestamp,
@@ -288,91 +268,34 @@ impl Store {
         let end = older_than.raw().to_be_bytes().to_vec();
         let expired: Vec<sled::IVec> =
             inner.indexes.tombstones.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.raise_purge_horizon(older_than.millis())?;
+        inner.db.flush()?;
         let mut purged = 0;
         for entry in expired {
-            let Some((ts, key_bytes)) = index::parse_tombstone_entry(&entry) else {
+            let parsed = index::parse_tombstone_entry(&entry)
+                .and_then(|(ts, key_bytes)| Some((ts, Key::from_bytes(key_bytes).ok()?)));
+            let Some((ts, key)) = parsed else {
                 inner.indexes.tombstones.remove(&entry)?;
                 continue;
             };
-            let segment = merkle::segment_of(key_bytes);
-            let stored_key = record_key_in(segment, key_bytes);
-            let mut state = self.lock_write();
-            let current = match inner.records.get(&stored_key)? {
-                Some(bytes) => Some(decode(key_bytes, &bytes)?),
-                None => None,
+            let current = self.get(&key)?;
+            let removed = match current {
+                Some(record) if !record.is_live() && record.version.ts.raw() == ts => {
+                    self.remove_if_current(&key, &record.version)?
+                }
+                _ => false,
             };
-            match (current, Key::from_bytes(key_bytes)) {
-                (Some(record), Ok(key)) if !record.is_live() && record.version.ts.raw() == ts => {
-                    inner.records.remove(&stored_key)?;
-                    inner.indexes.remove_old(&IndexChange::removing(&key, key_bytes, &record))?;
-                    inner.toggle_entry(&mut state, segment, key_bytes, &record);
-                    purged += 1;
-                }
+            if removed {
+                purged += 1;
+            } else {
                 // The key was written again since: the entry is stale.
-                _ => {
-                    inner.indexes.tombstones.remove(&entry)?;
-                }
+                inner.indexes.tombstones.remove(&entry)?;
             }
-        }
-        if purged > 0 {
-            // Durable with the purge (the same flush): peers compare it with their last
-            // contact to learn that they may hold data whose tombstones are gone here.
-            self.raise_purge_horizon(older_than.millis())?;
-            let _seq = inner.committer.applied();
-            inner.committer.request_flush();
         }
         Ok(purged)
-    }
-
-    /// Drops every record and index entry (the node's identity stays): for a node that
-    /// was away so long that its copy may hold data whose tombstones are purged.
-    pub fn discard_all(&self) -> Result<(), StoreError> {
-        let mut state = self.lock_write();
-        self.inner.records.clear()?;
-        self.inner.indexes.clear()?;
-        state.merkle = MerkleTree::new();
-        state.counts = Counts::default();
-        drop(state);
-        self.inner.db.flush()?;
-        Ok(())
-    }
-
-    /// When this node last completed a sync with a peer (ms), if ever.
-    pub fn last_contact(&self) -> Result<Option<u64>, StoreError> {
-        self.meta_u64(META_LAST_CONTACT)
-    }
-
-    fn meta_u64(&self, name: &'static str) -> Result<Option<u64>, StoreError> {
-        match self.inner.meta.get(name)? {
-            Some(bytes) => {
-                let bytes: [u8; 8] =
-                    bytes.as_ref().try_into().map_err(|_| StoreError::CorruptMeta(name))?;
-                Ok(Some(u64::from_be_bytes(bytes)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The purge horizon (ms): this node may lack tombstones written before it, because
-    /// it purged them or refused them as expired. 0 if it never did either.
-    pub fn purge_horizon(&self) -> Result<u64, StoreError> {
-        Ok(self.meta_u64(META_PURGE_HORIZON)?.unwrap_or(0))
-    }
-
-    /// Moves the purge horizon forward to `ms` (never back).
-    pub fn raise_purge_horizon(&self, ms: u64) -> Result<(), StoreError> {
-        self.inner.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
-            let current = current
-                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-                .map_or(0, u64::from_be_bytes);
-            Some(current.max(ms).to_be_bytes().to_vec())
-        })?;
-        Ok(())
-    }
-
-    pub fn set_last_contact(&self, now_ms: u64) -> Result<(), StoreError> {
-        self.inner.meta.insert(META_LAST_CONTACT, &now_ms.to_be_bytes())?;
-        Ok(())
     }
 
     /// Resolves once the apply numbered `seq` (and every one before it) is on disk.
@@ -413,68 +336,6 @@ impl Store {
 
     pub fn counts(&self) -> Counts {
         self.lock_write().counts
-    }
-
-    /// Live todos, newest first, starting after `after`: each with its index position and
-    /// record. Stale index entries (left by a crash mid-apply) are skipped.
-    pub fn todos_newest_first(
-        &self,
-        after: Option<TodoCursor>,
-    ) -> impl Iterator<Item = Result<(TodoCursor, Uuid, Record), StoreError>> + '_ {
-        let range = match after {
-            Some(cursor) => self.inner.indexes.todo_order.range(..cursor.to_vec()),
-            None => self.inner.indexes.todo_order.range::<Vec<u8>, _>(..),
-        };
-        range.rev().filter_map(move |entry| self.todo_at(entry).transpose())
-    }
-
-    fn todo_at(
-        &self,
-        entry: sled::Result<(sled::IVec, sled::IVec)>,
-    ) -> Result<Option<(TodoCursor, Uuid, Record)>, StoreError> {
-        let (index_key, _) = entry?;
-        let cursor: TodoCursor =
-            index_key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta("todo_order"))?;
-        let id =
-            Uuid::from_slice(&cursor[8..]).map_err(|_| StoreError::CorruptMeta("todo_order"))?;
-        let Some(record) = self.get(&Key::Todo(id))? else { return Ok(None) };
-        let created_at = record
-            .live_bytes()
-            .and_then(|bytes| StoredTodo::decode(bytes).ok())
-            .map(|t| t.created_at);
-        if created_at.map(u64::to_be_bytes).as_ref()
-            != Some(&cursor[..8].try_into().unwrap_or_default())
-        {
-            return Ok(None);
-        }
-        Ok(Some((cursor, id, record)))
-    }
-
-    /// Document paths starting with `prefix`, in byte order, after `after`. May name
-    /// documents that are deleted by now: check the record.
-    pub fn doc_paths(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        let start = match after {
-            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
-                std::ops::Bound::Excluded(after.as_bytes().to_vec())
-            }
-            _ => std::ops::Bound::Included(prefix.as_bytes().to_vec()),
-        };
-        let prefix = prefix.as_bytes().to_vec();
-        self.inner
-            .indexes
-            .doc_names
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(move |entry| {
-                entry.as_ref().map_or(true, |(path, _)| path.starts_with(&prefix))
-            })
-            .map(|entry| {
-                let (path, _) = entry?;
-                String::from_utf8(path.to_vec()).map_err(|_| StoreError::CorruptMeta("doc_names"))
-            })
     }
 
     /// How many handles to this store exist (the database stays locked until the last
@@ -541,71 +402,6 @@ fn adjust(counts: &mut Counts, key: &Key, live: bool, delta: i64) {
         Key::Doc(_) => &mut counts.docs,
     };
     *count = count.saturating_add_signed(delta);
-}
-
-/// Rebuilds the Merkle tree and counts from record headers; finds the highest timestamp.
-fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
-    let mut merkle = MerkleTree::new();
-    let mut counts = Counts::default();
-    let mut highest = Timestamp::default();
-    for entry in records.iter() {
-        let (stored_key, bytes) = entry?;
-        let key_bytes = stored_key.get(2..).unwrap_or_default();
-        let segment = u16::from_be_bytes([stored_key[0], stored_key.get(1).copied().unwrap_or(0)]);
-        let (version, live) = codec::peek_record(&bytes)
-            .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })?;
-        merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
-        highest = highest.max(codec::decode_version(version).ts);
-        if live {
-            if Key::is_todo_bytes(key_bytes) {
-                counts.todos += 1;
-            } else {
-                counts.docs += 1;
-            }
-        }
-    }
-    Ok((WriteState { merkle, counts }, highest))
-}
-
-/// Refuses a directory written in another format; marks a new one with ours.
-fn check_format(db: &sled::Db, meta: &sled::Tree, records: &sled::Tree) -> Result<(), StoreError> {
-    match meta.get(META_FORMAT)? {
-        Some(found) if found.as_ref() == [STORE_FORMAT] => Ok(()),
-        Some(found) => Err(StoreError::Format { found: found.first().copied().unwrap_or(0) }),
-        None if !records.is_empty() => Err(StoreError::Format { found: 1 }),
-        None => {
-            meta.insert(META_FORMAT, &[STORE_FORMAT])?;
-            db.flush()?;
-            Ok(())
-        }
-    }
-}
-
-fn load_or_create_identity(
-    db: &sled::Db,
-    meta: &sled::Tree,
-    now_ms: u64,
-) -> Result<Origin, StoreError> {
-    let node = meta.get(META_NODE_ID)?;
-    let joined_at = meta.get(META_JOINED_AT)?;
-    match (node, joined_at) {
-        (Some(node), Some(joined_at)) => {
-            let node =
-                Uuid::from_slice(&node).map_err(|_| StoreError::CorruptMeta(META_NODE_ID))?;
-            let joined_at: [u8; 8] = joined_at
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::CorruptMeta(META_JOINED_AT))?;
-            Ok(Origin { node: NodeId(node), joined_at: u64::from_be_bytes(joined_at) })
-        }
-        _ => {
-            let origin = Origin { node: NodeId::random(), joined_at: now_ms };
-            meta.insert(META_JOINED_AT, &origin.joined_at.to_be_bytes())?;
-            meta.insert(META_NODE_ID, origin.node.0.as_bytes())?;
-            db.flush()?;
-            Ok(origin)
-        }
-    }
 }
 
 #[cfg(test)]

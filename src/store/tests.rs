@@ -1,7 +1,9 @@
 use super::*;
-use crate::model::{Value, Version};
+use crate::model::todo::StoredTodo;
+use crate::model::{NodeId, Value, Version};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use uuid::Uuid;
 
 fn record(ts: u64, joined_at: u64, uuid: u128, value: Option<&[u8]>) -> Record {
     Record {
@@ -258,19 +260,21 @@ fn purge_removes_only_expired_tombstones_and_keeps_the_tree_exact() {
 }
 
 #[test]
-fn discard_all_empties_the_store_but_keeps_identity_and_contact() {
+fn remove_if_current_removes_only_the_named_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1).unwrap();
-    let identity = store.identity();
-    store.apply(&Key::Todo(Uuid::from_u128(1)), todo_record(10, 10, "t")).unwrap();
-    store.apply(&doc("d"), record(1, 1, 1, None)).unwrap();
-    store.set_last_contact(77).unwrap();
-    store.discard_all().unwrap();
+    let key = Key::doc("a").unwrap();
+    let first = record(10, 1, 1, Some(b"1"));
+    store.apply(&key, first.clone()).unwrap();
+    let second = record(20, 1, 2, Some(b"2"));
+    store.apply(&key, second.clone()).unwrap();
+    assert!(!store.remove_if_current(&key, &first.version).unwrap());
+    assert_eq!(store.get(&key).unwrap(), Some(second.clone()));
+    assert!(store.remove_if_current(&key, &second.version).unwrap());
+    assert_eq!(store.get(&key).unwrap(), None);
     assert_eq!(store.merkle_root(), merkle::ZERO);
     assert_eq!(store.counts(), Counts::default());
-    assert_eq!(store.todos_newest_first(None).count(), 0);
-    assert_eq!(store.identity(), identity);
-    assert_eq!(store.last_contact().unwrap(), Some(77));
+    assert_eq!(store.doc_paths("", None).count(), 0);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kvs::config::Config;
 use kvs::daemon::{self, Node, Options};
-use kvs::peer::Faults;
+use kvs::sync::faults::Faults;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ async fn start_with(
 
 async fn start_configured(dir: tempfile::TempDir, config: Config, options: Options) -> Member {
     let faults = Faults::default();
-    let options = Options { faults: faults.clone(), ..options };
+    let options = Options { faults: Some(faults.clone()), ..options };
     let node = daemon::start(config, options).await.unwrap();
     let base = format!("http://{}", node.addr());
     Member { node, base, faults, dir }
@@ -489,13 +489,24 @@ async fn create_todos(http: &reqwest::Client, member: &Member, prefix: &str, cou
 }
 
 /// One round moves exactly the records one side holds and the other does not (by key
-/// and version), and leaves equal roots (two nodes that do not know each other: no
-/// background sync). A key changed on both sides crosses both ways once; a key changed
-/// on one side only is not sent back.
+/// and version), and leaves equal roots (no pushes and no background rounds: only the
+/// rounds the test asks for). A key changed on both sides crosses both ways once; a key
+/// changed on one side only is not sent back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_round_moves_exactly_the_differing_records() {
     let http = client();
-    let (a, b) = (start(vec![], None).await, start(vec![], None).await);
+    let quiet = |dir: &tempfile::TempDir, seeds| {
+        let mut config = config(dir.path(), seeds, None);
+        config.sync_interval = Duration::from_secs(3600);
+        config.push_on_write = false;
+        config
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let config_a = quiet(&dir_a, vec![]);
+    let a = start_configured(dir_a, config_a, Options::default()).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let config_b = quiet(&dir_b, vec![a.node.addr().to_string()]);
+    let b = start_configured(dir_b, config_b, Options::default()).await;
     ready(&http, &a).await;
     ready(&http, &b).await;
     let root = |m: &Member| m.node.services().status().merkle_root;
@@ -527,11 +538,14 @@ async fn one_round_moves_exactly_the_differing_records() {
     let edited = todo_on(&http, &a, &kvs::model::todo::todo_id("shared-599").to_string()).await;
     assert_eq!(edited.unwrap()["todo"], "edited on b");
 
-    // A peer that is not there is a 502 naming it, and changes nothing.
+    // An address that is not a member's is refused without being called (no SSRF),
+    // and changes nothing.
     let before = root(&b);
-    let url = format!("{}/internal/v1/sync?peer=127.0.0.1:1", b.base);
-    let reply = http.post(url).send().await.unwrap();
-    assert_eq!(reply.status(), StatusCode::BAD_GATEWAY);
-    assert!(reply.text().await.unwrap().contains("127.0.0.1:1"));
+    for peer in ["127.0.0.1:1", "user:pw%40127.0.0.1:1%2Fany%2Fpath%23"] {
+        let url = format!("{}/internal/v1/sync?peer={peer}", b.base);
+        let reply = http.post(url).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(reply.text().await.unwrap().contains("not an alive member"));
+    }
     assert_eq!(root(&b), before);
 }

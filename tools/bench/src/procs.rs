@@ -54,7 +54,18 @@ pub fn free_port() -> Result<u16> {
 
 /// Starts `kvs` on `dir`; `seeds` are ports of running nodes; `extra` more flags.
 pub fn start(kvs: &Path, name: &str, dir: &Path, seeds: &[u16], extra: &[&str]) -> Result<Proc> {
-    let port = free_port()?;
+    start_on(kvs, name, dir, free_port()?, seeds, extra)
+}
+
+/// [`start`] on a port the caller chose.
+pub fn start_on(
+    kvs: &Path,
+    name: &str,
+    dir: &Path,
+    port: u16,
+    seeds: &[u16],
+    extra: &[&str],
+) -> Result<Proc> {
     let mut command = Command::new(kvs);
     command
         .args([

@@ -21,15 +21,19 @@ const QUIET: [&str; 4] = ["--sync-interval", "1h", "--push-on-write", "false"];
 pub async fn repair(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
     let records = settings.records;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let a = procs::start(&settings.kvs, "repair-a", dirs[0].path(), &[], &QUIET)?;
+    // a advertises the proxy's address, so b knows a (and may sync with it: only
+    // members can be named in `sync?peer=`) by the address whose traffic is counted.
+    let a_port = procs::free_port()?;
+    let proxy = proxy::start(a_port).await?;
+    let advertise = format!("127.0.0.1:{}", proxy.port);
+    let a_flags = [&QUIET[..], &["--advertise", &advertise]].concat();
+    let a = procs::start_on(&settings.kvs, "repair-a", dirs[0].path(), a_port, &[], &a_flags)?;
     procs::wait_ready(http, &a, READY).await?;
     load(http, &a, records, settings.clients).await?;
     // b bootstraps from a before it is ready: both then hold the same N records.
-    let b = procs::start(&settings.kvs, "repair-b", dirs[1].path(), &[a.port], &QUIET)?;
+    let b = procs::start(&settings.kvs, "repair-b", dirs[1].path(), &[proxy.port], &QUIET)?;
     procs::wait_ready(http, &b, READY).await?;
     ensure!(root(http, &a).await? == root(http, &b).await?, "b did not bootstrap to a's root");
-
-    let proxy = proxy::start(a.port).await?;
     let mut figures = Vec::new();
     let mut changed = 0;
     for d in DIFFERENCES.into_iter().filter(|d| *d <= records / 2) {

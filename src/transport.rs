@@ -1,0 +1,52 @@
+//! The peer protocol as a trait: what one node can ask another. The anti-entropy driver,
+//! the push loop and gossip talk to peers only through [`Peer`]; `peer::PeerClient`
+//! implements it over HTTP (reqwest), `sync::faults` wraps any transport with injected
+//! faults for tests, and the simulation delivers calls in memory. So this module knows
+//! neither HTTP nor sockets.
+
+use crate::cluster::Member;
+use crate::model::{Key, Record};
+use crate::wire::{Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("peer {addr} did not answer within {ms} ms")]
+    Timeout { addr: String, ms: u64 },
+    /// The peer refused the request; `body` is its problem detail (for our log only).
+    #[error("peer {addr} answered {status}")]
+    Status { addr: String, status: u16, body: String },
+    #[error("peer {addr} sent a bad body: {reason}")]
+    Wire { addr: String, reason: String },
+    /// The peer's answer broke a protocol rule (a claim our clock or limits refuse).
+    #[error("peer {addr} broke the protocol: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("link to {0} is cut (test fault)")]
+    Cut(String),
+}
+
+/// One node's view of the others: every call names the peer by its advertised address.
+#[async_trait::async_trait]
+pub trait Peer: Send + Sync + 'static {
+    async fn root(&self, addr: &str, request: &RootRequest) -> Result<RootReply, PeerError>;
+
+    /// The digests of the requested Merkle nodes' descendants, in request order.
+    async fn descendants(
+        &self,
+        addr: &str,
+        request: &NodesRequest,
+    ) -> Result<Vec<Digest>, PeerError>;
+
+    async fn reconcile(
+        &self,
+        addr: &str,
+        request: &ReconcileRequest,
+    ) -> Result<ReconcileReply, PeerError>;
+
+    /// Sends records to be merged; returns the bytes of the batch sent.
+    async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError>;
+
+    /// Sends our member list, returns theirs.
+    async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError>;
+}
