@@ -33,15 +33,18 @@ impl Store {
         Ok(self.meta_u64(META_PURGE_HORIZON)?.unwrap_or(0))
     }
 
-    /// Moves the purge horizon forward to `ms` (never back).
-    pub fn raise_purge_horizon(&self, ms: u64) -> Result<(), StoreError> {
-        self.inner.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
+    /// Moves the purge horizon forward to `ms` (never back); returns whether it moved.
+    pub fn raise_purge_horizon(&self, ms: u64) -> Result<bool, StoreError> {
+        let previous = self.inner.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
             let current = current
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                 .map_or(0, u64::from_be_bytes);
             Some(current.max(ms).to_be_bytes().to_vec())
         })?;
-        Ok(())
+        let previous = previous
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(ms > previous)
     }
 
     pub fn set_last_contact(&self, now_ms: u64) -> Result<(), StoreError> {

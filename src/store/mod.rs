@@ -257,7 +257,7 @@ impl Store {
 
     /// Removes tombstones written before `older_than` (expired by the tombstone TTL),
     /// at most `limit` of them, through [`Store::remove_if_current`]. The purge horizon
-    /// is raised and flushed *first*: a crash mid-purge must never leave tombstones gone
+    /// is raised to `older_than` and flushed *first*: a crash mid-purge must never leave tombstones gone
     /// while peers are still told we hold them. Returns how many were purged.
     pub fn purge_tombstones(
         &self,
@@ -268,11 +268,17 @@ impl Store {
         let end = older_than.raw().to_be_bytes().to_vec();
         let expired: Vec<sled::IVec> =
             inner.indexes.tombstones.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
+        // The horizon moves even when nothing expired: it says what this node may lack,
+        // and keeping it at now − TTL on every node in contact lets rule 2 of
+        // `sync::rules` finish off a record some nodes dropped (others would otherwise
+        // hand it back and forth for ever).
+        let raised = self.raise_purge_horizon(older_than.millis())?;
         if expired.is_empty() {
             return Ok(0);
         }
-        self.raise_purge_horizon(older_than.millis())?;
-        inner.db.flush()?;
+        if raised {
+            inner.db.flush()?;
+        }
         let mut purged = 0;
         for entry in expired {
             let parsed = index::parse_tombstone_entry(&entry)

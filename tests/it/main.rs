@@ -4,4 +4,5 @@ mod api;
 mod cli;
 mod cluster;
 mod durability;
+mod sim;
 mod support;
