@@ -1,9 +1,8 @@
 //! The tombstone purge task.
 //!
-//! A tombstone is purged once it is older than `tombstone_ttl`. That is safe because
-//! (a) no replica takes an expired tombstone back (`ReplicaService::merge`), and (b) a
-//! node that was away longer than the TTL discards its copy before it syncs
-//! (`daemon::discard_if_stale`), so no replica can hold the data the tombstone deleted.
+//! A tombstone is purged once it is older than `tombstone_ttl`, and each pass also
+//! moves this node's purge horizon to now − TTL while it is in contact. Why that is safe,
+//! and how a replica that still holds deleted data is cleaned, is `sync::rules`.
 
 use std::time::Duration;
 

@@ -2,12 +2,18 @@
 //!
 //! Modules in reading order, lowest layer first (imports only point up this list):
 //! - [`model`]: keys, versions and their order, records and merge, todos. No IO.
-//! - [`clock`]: the hybrid logical clock that stamps local writes.
+//! - [`clock`]: the hybrid logical clock that stamps local writes; bounded skew.
 //! - [`merkle`]: the tictac Merkle tree over key hashes. Pure.
 //! - [`codec`]: byte encodings for disk and wire; capped zstd.
 //! - [`cli`], [`config`]: raw flags, then the validated configuration.
-//! - [`store`]: sled; `Store::apply_with` is the only mutation; group commit.
-//! - [`service`]: todo and document rules, preconditions, readiness.
+//! - [`wire`]: the peer protocol's byte formats, every decode checked.
+//! - [`cluster`]: membership (pure state machine) and its shared handle.
+//! - [`transport`]: the `Peer` trait: what one node can ask another.
+//! - [`store`]: sled; `apply_with` and `remove_if_current` are the only mutations.
+//! - [`service`]: todo and document rules, preconditions, readiness, the replica side.
+//! - [`peer`]: the reqwest client implementing `Peer` (deadlines per call).
+//! - [`sync`]: the protocol in one place: rules, round, driver, receiver, push.
+//! - [`gc`], [`gossip`]: the purge task; join, gossip rounds and farewell.
 //! - [`http`]: the axum router, extractors, the error table, OpenAPI and `/docs`.
 //! - [`telemetry`]: log setup.
 //! - [`daemon`]: the composition root that starts and stops everything.
