@@ -139,11 +139,6 @@ impl ReplicaService {
         &self.readiness
     }
 
-    /// Whether a rebase was left unfinished (persisted across restarts).
-    pub fn rebase_pending(&self) -> Result<bool, ServiceError> {
-        Ok(self.store.rebasing()?)
-    }
-
     /// A peer purged tombstones written after our last contact: until a round with it
     /// completes we may hold deleted data, so we stop serving and say why. Persisted
     /// first, so a crash mid-rebase resumes it.

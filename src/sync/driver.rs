@@ -105,7 +105,9 @@ impl Driver {
         let _permit = self.inner.parallel.acquire().await.expect("the semaphore is never closed");
         let replica = &self.inner.replica;
         let window = self.window();
-        let pending = replica.readiness().phase() == Phase::Rebasing || replica.rebase_pending()?;
+        // The phase mirrors `meta.rebasing`: set from it at start, and with it by
+        // `begin_rebase`/`end_rebase`; no need to read the store every round.
+        let pending = replica.readiness().phase() == Phase::Rebasing;
         let report = if pending {
             self.rebase_round(addr, window).await?
         } else {
