@@ -53,6 +53,11 @@ pub enum StoreError {
     Flush(String),
     #[error("the store is closed")]
     Closed,
+    #[error(
+        "the data directory {dir} is in use by another kvs process (or another open of it \
+         in this one); stop that one or choose another --data-dir"
+    )]
+    InUse { dir: String },
 }
 
 impl StoreError {

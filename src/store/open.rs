@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -26,11 +27,7 @@ impl Store {
     /// measuring what the tree costs; such a store must not sync).
     pub fn open_with(dir: &Path, now_ms: u64, merkle_upkeep: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(dir)?;
         let records = db.open_tree("records")?;
         let indexes = Indexes::open(&db)?;
         let meta = db.open_tree("meta")?;
@@ -53,6 +50,37 @@ impl Store {
             }),
         })
     }
+}
+
+/// How long an open waits for the directory lock: sled's background threads release it
+/// a moment after the last handle closes, and a restarted process may start while the old
+/// one is still exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled in `dir`, waiting up to [`LOCK_WAIT`] for another holder of its lock.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let started = Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(io)) if is_lock_held(&io) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::InUse { dir: dir.display().to_string() });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// True when sled could not take the directory's file lock (another open handle holds it).
+fn is_lock_held(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")
 }
 
 /// Rebuilds the Merkle tree and counts from record headers; finds the highest timestamp.

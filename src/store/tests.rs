@@ -41,6 +41,26 @@ fn identity_is_created_once_and_kept() {
 }
 
 #[test]
+fn a_directory_open_elsewhere_is_refused_by_name_and_reopens_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = Store::open(dir.path(), 1).unwrap();
+    match Store::open(dir.path(), 1) {
+        Err(StoreError::InUse { dir: named }) => {
+            assert_eq!(named, dir.path().display().to_string())
+        }
+        Err(other) => panic!("expected InUse, got {other}"),
+        Ok(_) => panic!("a second open of a held directory succeeded"),
+    }
+    // Closing and reopening at once, many times (a restart in one process) always works.
+    held.close().unwrap();
+    drop(held);
+    for _ in 0..20 {
+        let store = Store::open(dir.path(), 1).unwrap();
+        store.close().unwrap();
+    }
+}
+
+#[test]
 fn only_a_superseding_record_changes_anything() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1).unwrap();
