@@ -1,6 +1,7 @@
 //! One integration-test binary: real sockets, real processes, temp directories.
 
 mod api;
+mod attacks;
 mod cli;
 mod cluster;
 mod durability;
