@@ -194,12 +194,16 @@ impl ReplicaService {
             .collect()
     }
 
+    /// The records of each of `segments` (ascending), in that order. Blocking.
+    pub fn records_by_segment(
+        &self,
+        segments: &[u16],
+    ) -> Result<Vec<Vec<(Key, Record)>>, ServiceError> {
+        Ok(self.store.records_in_segments(segments)?)
+    }
+
     pub fn records_in(&self, segments: &[u16]) -> Result<Vec<(Key, Record)>, ServiceError> {
-        let mut out = Vec::new();
-        for segment in segments {
-            out.extend(self.store.records_in_segment(*segment)?);
-        }
-        Ok(out)
+        Ok(self.store.records_in_segments(segments)?.into_iter().flatten().collect())
     }
 
     /// Answers a peer's reconcile request: our records in its segments that it did not
@@ -217,11 +221,13 @@ impl ReplicaService {
         let mut reply = ReconcileReply::default();
         let mut position = 0u32;
         let print = |(key, record): &(Key, Record)| fingerprint(key, record, request.window);
-        for (segment, theirs) in &request.segments {
+        let segments: Vec<u16> = request.segments.iter().map(|(segment, _)| *segment).collect();
+        let mut in_segments = self.store.records_in_segments(&segments)?.into_iter();
+        for (_, theirs) in &request.segments {
             if reply.records.len() >= budget {
                 break;
             }
-            let ours = self.store.records_in_segment(*segment)?;
+            let ours = in_segments.next().unwrap_or_default();
             let our_prints: HashSet<Digest> = ours.iter().map(print).collect();
             let their_prints: HashSet<&Digest> = theirs.iter().collect();
             for print in theirs {

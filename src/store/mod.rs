@@ -331,12 +331,47 @@ impl Store {
 
     /// Every record (tombstones included) whose key falls in Merkle leaf `segment`.
     pub fn records_in_segment(&self, segment: u16) -> Result<Vec<(Key, Record)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.inner.records.scan_prefix(segment.to_be_bytes()) {
-            let (stored_key, bytes) = entry?;
-            let key_bytes = &stored_key[2..];
-            let key = Key::from_bytes(key_bytes).map_err(|_| StoreError::CorruptMeta("records"))?;
-            out.push((key, decode(key_bytes, &bytes)?));
+        Ok(self.records_in_segments(&[segment])?.pop().unwrap_or_default())
+    }
+
+    /// The records of each of `segments` (ascending, no repeats), in that order. One
+    /// forward scan serves nearby segments: each new sled scan copies a whole leaf node,
+    /// which made a scan per segment cost more than the records it returned.
+    pub fn records_in_segments(
+        &self,
+        segments: &[u16],
+    ) -> Result<Vec<Vec<(Key, Record)>>, StoreError> {
+        /// A scan walks past the records of at most this many unwanted segments before
+        /// it starts a new scan at the next wanted one.
+        const REOPEN_GAP: u16 = 16;
+        let mut out: Vec<Vec<(Key, Record)>> = vec![Vec::new(); segments.len()];
+        if !segments.is_sorted_by(|a, b| a < b) {
+            for (slot, segment) in out.iter_mut().zip(segments) {
+                *slot = self.records_in_segments(&[*segment])?.pop().unwrap_or_default();
+            }
+            return Ok(out);
+        }
+        let mut wanted = 0;
+        'scans: while wanted < segments.len() {
+            for entry in self.inner.records.range(segments[wanted].to_be_bytes()..) {
+                let (stored_key, bytes) = entry?;
+                let segment = u16::from_be_bytes([stored_key[0], stored_key[1]]);
+                while segments[wanted] < segment {
+                    wanted += 1;
+                    if wanted == segments.len() {
+                        break 'scans;
+                    }
+                }
+                if segments[wanted] == segment {
+                    let key_bytes = &stored_key[2..];
+                    let key = Key::from_bytes(key_bytes)
+                        .map_err(|_| StoreError::CorruptMeta("records"))?;
+                    out[wanted].push((key, decode(key_bytes, &bytes)?));
+                } else if segments[wanted] - segment > REOPEN_GAP {
+                    continue 'scans;
+                }
+            }
+            break;
         }
         Ok(out)
     }

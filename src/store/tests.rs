@@ -325,3 +325,40 @@ fn a_directory_in_another_format_is_refused_with_a_clear_error() {
     };
     assert!(error.contains("store format 1") && error.contains("format 2"), "{error}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Scanning many segments at once returns, per segment, exactly the records whose key
+    /// falls in it, whatever the set asked for (sorted or not, near or far apart).
+    #[test]
+    fn a_batched_segment_scan_matches_the_records_of_each_segment(
+        keys in proptest::collection::btree_set(0u32..5_000, 0..120),
+        asked in proptest::collection::vec(0u16..=u16::MAX, 0..40),
+        sort in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        let mut by_segment: BTreeMap<u16, Vec<Key>> = BTreeMap::new();
+        for n in &keys {
+            let key = doc(&format!("k{n}"));
+            store.apply(&key, record(u64::from(*n) + 1, 1, 1, Some(b"1"))).unwrap();
+            by_segment.entry(merkle::segment_of(&key.to_bytes())).or_default().push(key);
+        }
+        // Ask for segments that hold records as well as random (mostly empty) ones.
+        let mut segments: Vec<u16> = by_segment.keys().step_by(2).copied().chain(asked).collect();
+        if sort {
+            segments.sort_unstable();
+        }
+        segments.dedup();
+        let found = store.records_in_segments(&segments).unwrap();
+        prop_assert_eq!(found.len(), segments.len());
+        for (segment, records) in segments.iter().zip(found) {
+            let mut got: Vec<Key> = records.into_iter().map(|(key, _)| key).collect();
+            let mut want = by_segment.get(segment).cloned().unwrap_or_default();
+            got.sort_by_key(|key| key.to_bytes());
+            want.sort_by_key(|key| key.to_bytes());
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -225,16 +225,20 @@ fn our_side(
 ) -> Result<(ReconcileRequest, Vec<(Key, Record)>), ServiceError> {
     let mut request = ReconcileRequest { window, segments: Vec::new() };
     let mut ours = Vec::new();
-    for segment in segments.iter().take(SEGMENTS_PER_REQUEST) {
-        let records = replica.records_in(&[*segment])?;
-        let full =
-            !request.segments.is_empty() && ours.len() + records.len() > FINGERPRINTS_PER_REQUEST;
-        if full {
-            break;
+    let segments = &segments[..segments.len().min(SEGMENTS_PER_REQUEST)];
+    // Read in chunks: one store scan per chunk, and no more read than the request holds.
+    'chunks: for chunk in segments.chunks(256) {
+        for (segment, records) in chunk.iter().zip(replica.records_by_segment(chunk)?) {
+            let full = !request.segments.is_empty()
+                && ours.len() + records.len() > FINGERPRINTS_PER_REQUEST;
+            if full {
+                break 'chunks;
+            }
+            let prints =
+                records.iter().map(|(key, record)| fingerprint(key, record, window)).collect();
+            request.segments.push((*segment, prints));
+            ours.extend(records);
         }
-        let prints = records.iter().map(|(key, record)| fingerprint(key, record, window)).collect();
-        request.segments.push((*segment, prints));
-        ours.extend(records);
     }
     Ok((request, ours))
 }

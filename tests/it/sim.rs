@@ -7,7 +7,7 @@
 //! write superseded it (or it is older than a purge horizon: rule 2 of `sync::rules`);
 //! no acknowledged delete undone; no clock dragged ahead.
 //!
-//! `KVS_SIM_SEEDS=n` runs seeds 0..n (default 150); `KVS_SIM_SEED=s` replays one. A
+//! `KVS_SIM_SEEDS=n` runs seeds 0..n (default 300); `KVS_SIM_SEED=s` replays one. A
 //! failing seed prints itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -649,7 +649,7 @@ fn simulated_clusters_converge_without_losing_acknowledged_writes() {
         Ok(seed) => vec![seed.parse().expect("KVS_SIM_SEED is a number")],
         Err(_) => {
             let count =
-                std::env::var("KVS_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(150);
+                std::env::var("KVS_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
             (0..count).collect()
         }
     };
