@@ -93,14 +93,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     let slot = Arc::new(OnceLock::new());
     let app = http::late_bound(slot.clone());
     let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server failed");
-        }
-    });
+    tasks.spawn(http::serve(listener, app, stop));
     // If starting fails below, the listener must not outlive the attempt.
     let stop_on_error = shutdown.clone().drop_guard();
 

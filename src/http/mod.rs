@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod internal;
 mod problem;
+mod serve;
 mod todos;
 
 use std::sync::{Arc, OnceLock};
@@ -26,6 +27,7 @@ use crate::model::{NodeId, Version};
 use crate::service::Services;
 use crate::sync::Driver;
 pub use problem::ApiError;
+pub use serve::serve;
 
 /// Who this node is, as the API reports it.
 #[derive(Debug, Clone)]

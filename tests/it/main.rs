@@ -5,5 +5,6 @@ mod attacks;
 mod cli;
 mod cluster;
 mod durability;
+mod layout;
 mod sim;
 mod support;
