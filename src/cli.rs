@@ -61,9 +61,17 @@ pub struct ServeArgs {
     /// Comma-separated peers to join through (host:port; may include this node)
     #[arg(long, env = "KVS_SEEDS", value_name = "A,B,C", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
-    /// Shared cluster secret from `kvs keygen`
+    /// Shared cluster secret from `kvs keygen` (prefer --cluster-key-file: every local
+    /// user can read a command line)
     #[arg(long, env = "KVS_CLUSTER_KEY", value_name = "KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
+    /// File holding the cluster key (`kvs keygen > kvs.key && chmod 600 kvs.key`)
+    #[arg(long, env = "KVS_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Run a cluster without a key beyond loopback: anyone who can reach the port can
+    /// read and write everything [default: false]
+    #[arg(long, env = "KVS_CLUSTER_INSECURE", value_name = "BOOL")]
+    pub cluster_insecure: Option<bool>,
     /// Anti-entropy interval, e.g. 1s [default: 1s]
     #[arg(long, env = "KVS_SYNC_INTERVAL", value_name = "DURATION")]
     pub sync_interval: Option<String>,

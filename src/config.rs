@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::auth::Secret;
 use crate::cli::{LogFormat, ServeArgs};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -25,7 +26,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub seeds: Vec<String>,
     /// The 32-byte cluster key, when one is configured.
-    pub cluster_key: Option<[u8; 32]>,
+    pub cluster_key: Option<Secret>,
+    /// Run without a key beyond loopback (`cluster.insecure`): peer routes open to all.
+    pub insecure: bool,
+    /// Things to warn about at start (a key on the command line, a key file others can
+    /// read); never the secret itself.
+    pub warnings: Vec<String>,
     pub sync_interval: Duration,
     pub gossip_interval: Duration,
     pub join_timeout: Duration,
@@ -85,6 +91,8 @@ struct NodeSection {
 struct ClusterSection {
     seeds: Option<Vec<String>>,
     key: Option<String>,
+    key_file: Option<PathBuf>,
+    insecure: Option<bool>,
     sync_interval: Option<String>,
     gossip_interval: Option<String>,
     join_timeout: Option<String>,
@@ -152,10 +160,34 @@ impl Config {
         if node_name.as_deref().is_some_and(|name| name.trim().is_empty() || name.len() > 128) {
             return Err(invalid("node.name", "must be 1 to 128 bytes"));
         }
-        let cluster_key = match args.cluster_key.clone().or(cluster.key) {
-            Some(key) if !key.trim().is_empty() => Some(parse_key(key.trim())?),
-            _ => None,
+        let mut warnings = Vec::new();
+        let flag_key = args.cluster_key.clone().filter(|key| !key.trim().is_empty());
+        if flag_key.is_some() && std::env::var("KVS_CLUSTER_KEY").ok() != flag_key {
+            warnings.push(
+                "the cluster key was given with --cluster-key, which every local user can \
+                 read in the process list; use --cluster-key-file or KVS_CLUSTER_KEY"
+                    .to_owned(),
+            );
+        }
+        let key_text = match (flag_key, args.cluster_key_file.clone().or(cluster.key_file)) {
+            (Some(key), _) => Some(key),
+            (None, Some(path)) => Some(read_key_file(&path, &mut warnings)?),
+            (None, None) => cluster.key.filter(|key| !key.trim().is_empty()),
         };
+        let cluster_key = key_text.map(|key| parse_key(key.trim()).map(Secret)).transpose()?;
+        let insecure = args.cluster_insecure.or(cluster.insecure).unwrap_or(false);
+        if cluster_key.is_none() && !insecure && !seeds.is_empty() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "cluster.key",
+                format!(
+                    "a node listening on {listen} in cluster mode needs a cluster key: without \
+                     one anyone who can reach the port can read, write and delete everything. \
+                     Make one with `kvs keygen > kvs.key && chmod 600 kvs.key`, copy it to \
+                     every node and pass --cluster-key-file kvs.key (or set cluster.key_file, \
+                     or KVS_CLUSTER_KEY); or accept the risk with cluster.insecure: true"
+                ),
+            ));
+        }
         let duration =
             |key: &'static str, flag: &Option<String>, file: Option<String>, default| match flag
                 .clone()
@@ -176,6 +208,8 @@ impl Config {
             data_dir: args.data_dir.clone().or(node.data_dir).unwrap_or(DEFAULT_DATA_DIR.into()),
             seeds,
             cluster_key,
+            insecure,
+            warnings,
             sync_interval: duration(
                 "cluster.sync_interval",
                 &args.sync_interval,
@@ -249,6 +283,26 @@ fn check_host_port(key: &'static str, text: &str) -> Result<(), ConfigError> {
     } else {
         Err(invalid(key, format!("{text:?} is not host:port")))
     }
+}
+
+/// Reads a key file; warns (in `warnings`) when other users may read it.
+fn read_key_file(path: &Path, warnings: &mut Vec<String>) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        invalid("cluster.key_file", format!("cannot read {}: {error}", path.display()))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "the key file {} can be read by other users (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    Ok(text)
 }
 
 fn parse_key(text: &str) -> Result<[u8; 32], ConfigError> {

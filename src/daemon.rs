@@ -12,16 +12,18 @@ use tokio_util::task::TaskTracker;
 
 use tokio::sync::mpsc;
 
+use crate::auth::{ClusterKey, PeerAuth};
 use crate::clock::{Hlc, Observation, PhysicalClock, SystemClock};
 use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
 use crate::http::{self, AppState, NodeInfo};
 use crate::model::Origin;
-use crate::peer::{cluster_token, PeerClient};
+use crate::peer::PeerClient;
 use crate::service::{Phase, Readiness, Services, TtlRules};
 use crate::store::{Store, StoreError};
 use crate::sync::faults::{Faults, FaultyPeer};
 use crate::sync::Driver;
+use crate::telemetry::Throttle;
 use crate::transport::Peer;
 use crate::{gc, gossip, sync};
 
@@ -155,15 +157,34 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         forget_after_ms: suspect_after_ms * 60,
     };
     let cluster = Cluster::new(me, timeouts, options.physical_clock.clone());
-    let client: Arc<dyn Peer> = Arc::new(PeerClient::new(config.cluster_key.as_ref()));
+    let key = config.cluster_key.as_ref().map(|secret| ClusterKey::new(&secret.0));
+    let client: Arc<dyn Peer> =
+        Arc::new(PeerClient::new(key.clone(), identity.node.0, options.physical_clock.clone()));
     let peer: Arc<dyn Peer> = match options.faults.clone() {
         Some(faults) => Arc::new(FaultyPeer { inner: client, faults }),
         None => client,
     };
     let driver = Driver::new(peer.clone(), services.replica.clone(), cluster.clone());
-    if config.cluster_key.is_none() && !standalone {
-        tracing::warn!("no cluster.key configured: anyone who can reach this port can join the cluster and read its data");
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
     }
+    let peer_auth = match key {
+        Some(key) => PeerAuth::signed(key),
+        None if config.insecure => {
+            tracing::warn!("cluster.insecure is set and there is no cluster key: anyone who can reach {addr} can read, write and delete everything through the peer routes");
+            PeerAuth::Open
+        }
+        None if addr.ip().is_loopback() => {
+            if !standalone {
+                tracing::warn!("no cluster key: any local user can call this node's peer routes (fine for a test cluster on one machine)");
+            }
+            PeerAuth::Open
+        }
+        None => {
+            tracing::warn!("no cluster key and listening beyond loopback: peer routes are closed, so this node cannot form a cluster (set cluster.key_file)");
+            PeerAuth::Closed
+        }
+    };
     let node_info = NodeInfo {
         id: identity.node,
         name: name.clone(),
@@ -176,7 +197,8 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         cluster: cluster.clone(),
         driver: driver.clone(),
         serve_stale: config.serve_stale,
-        cluster_token: config.cluster_key.as_ref().map(cluster_token),
+        peer_auth: Arc::new(peer_auth),
+        warnings: Arc::new(Throttle::default()),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");

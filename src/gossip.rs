@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::service::{Phase, Readiness};
 use crate::sync::Driver;
-use crate::transport::Peer;
+use crate::transport::{Peer, PeerError};
 
 /// Every `interval`: age the members, then exchange lists with a random alive peer —
 /// or, every tenth round and whenever nobody is alive, with a seed (which also heals
@@ -44,7 +44,8 @@ pub async fn gossip_loop(
         };
         match tokio::time::timeout(interval, peer.gossip(&target, &cluster.members())).await {
             Ok(Ok(theirs)) => {
-                cluster.on_gossip(theirs);
+                let first_hand = first_hand(&theirs, &target);
+                cluster.on_gossip(theirs, first_hand);
             }
             Ok(Err(error)) => tracing::trace!(peer = %target, %error, "gossip failed"),
             Err(_) => tracing::trace!(peer = %target, "gossip timed out"),
@@ -54,6 +55,11 @@ pub async fn gossip_loop(
             let _ = readiness.advance(Phase::Ready);
         }
     }
+}
+
+/// The peer we dialled at `addr` speaks for the entry at that address.
+fn first_hand(theirs: &[crate::cluster::Member], addr: &str) -> Option<uuid::Uuid> {
+    theirs.iter().find(|member| member.addr == addr).map(|member| member.id)
 }
 
 /// Joins through the seeds, then syncs once with a peer (through the driver) before
@@ -72,8 +78,17 @@ pub async fn join(
         for seed in seeds.iter().filter(|seed| **seed != me) {
             match driver.peer().gossip(seed, &cluster.members()).await {
                 Ok(theirs) => {
-                    cluster.on_gossip(theirs);
+                    let first_hand = first_hand(&theirs, seed);
+                    cluster.on_gossip(theirs, first_hand);
                 }
+                Err(PeerError::Status { status: 401, .. }) => tracing::warn!(
+                    %seed,
+                    "the seed refused our signature: is cluster.key the same on both nodes?"
+                ),
+                Err(PeerError::Status { status: 403, .. }) => tracing::warn!(
+                    %seed,
+                    "the seed has no cluster key and refuses peers (give both nodes one key)"
+                ),
                 Err(error) => tracing::debug!(%seed, %error, "seed did not answer"),
             }
         }

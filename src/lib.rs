@@ -18,6 +18,7 @@
 //! - [`telemetry`]: log setup.
 //! - [`daemon`]: the composition root that starts and stops everything.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -7,9 +7,15 @@
 //! gossip) end after [`SMALL_TIMEOUT`]; bulk transfers (reconcile replies, record
 //! batches) are bounded by progress: they fail once no byte has moved for
 //! [`STALL_TIMEOUT`], however long the whole transfer takes.
+//!
+//! With a cluster key every request is signed and every reply's signature checked
+//! (`auth.rs`); without one, requests name their sender only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{ClusterKey, FROM_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEADER};
+use crate::clock::PhysicalClock;
 use crate::cluster::Member;
 use crate::model::{Key, Record};
 use crate::transport::{Peer, PeerError};
@@ -17,22 +23,17 @@ use crate::wire::{
     self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
 };
 
-pub const TOKEN_HEADER: &str = "x-kvs-cluster-token";
-
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const SMALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The token proving cluster membership: a keyed BLAKE3 of a fixed context, so the key
-/// itself never travels. Compared in constant time by `blake3::Hash`'s `==`.
-pub fn cluster_token(key: &[u8; 32]) -> blake3::Hash {
-    blake3::keyed_hash(key, b"kvs internal api v1")
-}
-
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    token: Option<String>,
+    key: Option<ClusterKey>,
+    /// This node's id: the sender every request names.
+    me: uuid::Uuid,
+    clock: Arc<dyn PhysicalClock>,
 }
 
 /// Whether a call moves a little or a lot of data (see the module doc).
@@ -43,14 +44,14 @@ enum Size {
 }
 
 impl PeerClient {
-    pub fn new(key: Option<&[u8; 32]>) -> Self {
+    pub fn new(key: Option<ClusterKey>, me: uuid::Uuid, clock: Arc<dyn PhysicalClock>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(STALL_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a client without TLS roots or proxies builds");
-        PeerClient { http, token: key.map(|key| cluster_token(key).to_hex().to_string()) }
+        PeerClient { http, key, me, clock }
     }
 
     async fn call(
@@ -60,14 +61,22 @@ impl PeerClient {
         body: Vec<u8>,
         size: Size,
     ) -> Result<Vec<u8>, PeerError> {
-        let url = format!("http://{addr}/internal/v1/{path}");
-        let mut request =
-            self.http.post(url).header("content-type", "application/octet-stream").body(body);
+        let path = format!("/internal/v1/{path}");
+        let mut request = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/octet-stream")
+            .header(FROM_HEADER, self.me.simple().to_string());
         if let Size::Small = size {
             request = request.timeout(SMALL_TIMEOUT);
         }
-        if let Some(token) = &self.token {
-            request = request.header(TOKEN_HEADER, token);
+        let signed = self.key.as_ref().map(|key| {
+            let (header, mac) =
+                key.sign_request("POST", &path, &body, self.me, self.clock.now_ms());
+            (key, header, mac)
+        });
+        if let Some((_, header, _)) = &signed {
+            request = request.header(SIGNATURE_HEADER, header);
         }
         let failed = |error: reqwest::Error| {
             if error.is_timeout() {
@@ -80,9 +89,26 @@ impl PeerClient {
                 PeerError::Unreachable { addr: addr.to_owned(), reason: error.to_string() }
             }
         };
-        let response = request.send().await.map_err(failed)?;
+        let response = request.body(body).send().await.map_err(failed)?;
         let status = response.status();
+        let reply_signature = response
+            .headers()
+            .get(REPLY_SIGNATURE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.bytes().await.map_err(failed)?;
+        if let Some((key, _, mac)) = &signed {
+            // An unsigned error (a proxy, or a node refusing us before it can sign) is
+            // still reported as that status; a success must be signed.
+            let checked =
+                key.verify_reply(mac, status.as_u16(), reply_signature.as_deref(), &bytes);
+            if let (Err(error), true) = (checked, status.is_success()) {
+                return Err(PeerError::Protocol {
+                    addr: addr.to_owned(),
+                    reason: format!("reply signature: {error}"),
+                });
+            }
+        }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(PeerError::Status { addr: addr.to_owned(), status: status.as_u16(), body });

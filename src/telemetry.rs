@@ -56,3 +56,51 @@ mod tests {
         }
     }
 }
+
+/// Rate-limits a repeated warning: each `kind` logs at most once per [`Throttle::EVERY`],
+/// and the next line says how many were held back. A flood of bad requests then costs a
+/// few log lines, not a full disk.
+#[derive(Default)]
+pub struct Throttle {
+    kinds: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Calls `log(held_back)` unless `kind` logged less than [`Throttle::EVERY`] ago.
+    pub fn warn(&self, kind: &'static str, log: impl FnOnce(u64)) {
+        let now = std::time::Instant::now();
+        let mut kinds = self.kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kinds.get_mut(kind) {
+            Some((last, held)) if now.duration_since(*last) < Self::EVERY => *held += 1,
+            Some((last, held)) => {
+                let count = std::mem::take(held);
+                *last = now;
+                drop(kinds);
+                log(count);
+            }
+            None => {
+                kinds.insert(kind, (now, 0));
+                drop(kinds);
+                log(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_repeated_warning_logs_once_per_period_per_kind() {
+        let throttle = Throttle::default();
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            throttle.warn("a", |held| logged.push(("a", held)));
+        }
+        throttle.warn("b", |held| logged.push(("b", held)));
+        assert_eq!(logged, vec![("a", 0), ("b", 0)]);
+    }
+}

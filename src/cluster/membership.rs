@@ -7,6 +7,14 @@
 //! that hears itself called suspect or dead refutes it by bumping its heartbeat. A
 //! graceful leave is a final heartbeat with state `left`.
 //!
+//! What gossip cannot do: a member's address, name and join time change only when that
+//! member itself says so (first-hand: the sender of a signed gossip request, or the
+//! peer we dialled); second-hand gossip moves heartbeats and states only. A forgotten
+//! member is re-admitted only first-hand, so two nodes cannot hand a dead member (or
+//! ten thousand fake ones) back and forth for ever. At most [`MAX_MEMBERS`] are held
+//! and gossiped; entries with an over-long name or an address that is not `host:port`
+//! are dropped. Heartbeat arithmetic saturates.
+//!
 //! The clock (`now_ms`) and the randomness are passed in, so every rule is unit-tested.
 
 use std::collections::BTreeMap;
@@ -14,6 +22,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
+
+/// The most members a node holds (and so gossips).
+pub const MAX_MEMBERS: usize = 4_096;
+/// The longest member name accepted (the config allows 128 bytes).
+pub const MAX_NAME_BYTES: usize = 128;
+/// The longest `host:port` accepted (a 253-byte DNS name, a colon, a port).
+pub const MAX_ADDR_BYTES: usize = 259;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +80,20 @@ pub struct Membership {
     me: NodeId,
     timeouts: Timeouts,
     entries: BTreeMap<uuid::Uuid, Entry>,
+    /// Members forgotten, and when (our clock): ignored when heard of second-hand for
+    /// `forget_after` more.
+    forgotten: BTreeMap<uuid::Uuid, u64>,
+}
+
+/// True when `member`'s fields are ones we could hold and gossip on.
+fn well_formed(member: &Member) -> bool {
+    let addr_ok = member.addr.len() <= MAX_ADDR_BYTES
+        && member.addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|port| port > 0)
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || "-.[]:_".contains(c))
+        });
+    addr_ok && member.name.len() <= MAX_NAME_BYTES && !member.name.chars().any(char::is_control)
 }
 
 impl Membership {
@@ -72,7 +101,7 @@ impl Membership {
         let id = NodeId(me.id);
         let mut entries = BTreeMap::new();
         entries.insert(me.id, Entry { member: me, heard_at_ms: now_ms });
-        Membership { me: id, timeouts, entries }
+        Membership { me: id, timeouts, entries, forgotten: BTreeMap::new() }
     }
 
     pub fn me(&self) -> &Member {
@@ -85,10 +114,12 @@ impl Membership {
         let timeouts = self.timeouts;
         if let Some(entry) = self.entries.get_mut(&me) {
             if entry.member.state != MemberState::Left {
-                entry.member.heartbeat += 1;
+                entry.member.heartbeat = entry.member.heartbeat.saturating_add(1);
                 entry.heard_at_ms = now_ms;
             }
         }
+        let forgotten = &mut self.forgotten;
+        forgotten.retain(|_, at| now_ms.saturating_sub(*at) <= timeouts.forget_after_ms);
         self.entries.retain(|id, entry| {
             if *id == me {
                 return true;
@@ -105,17 +136,26 @@ impl Membership {
                 _ => {}
             }
             let gone = matches!(member.state, MemberState::Dead | MemberState::Left);
-            !(gone && silent > timeouts.forget_after_ms)
+            let forget = gone && silent > timeouts.forget_after_ms;
+            if forget && forgotten.len() < MAX_MEMBERS {
+                forgotten.insert(*id, now_ms);
+            }
+            !forget
         });
     }
 
-    /// Merges a peer's member list into ours.
-    pub fn merge(&mut self, remote: Vec<Member>, now_ms: u64) {
+    /// Merges a peer's member list into ours. `first_hand` is the id of the member
+    /// the list comes from (its own entry may change its address and name), when known.
+    pub fn merge(&mut self, remote: Vec<Member>, first_hand: Option<uuid::Uuid>, now_ms: u64) {
         for member in remote {
             if member.id == self.me.0 {
                 self.refute(&member);
                 continue;
             }
+            if !well_formed(&member) {
+                continue;
+            }
+            let own_word = first_hand == Some(member.id);
             match self.entries.get_mut(&member.id) {
                 Some(entry) if member.heartbeat <= entry.member.heartbeat => {
                     // Old news; but a peer that saw the member leave is believed.
@@ -131,10 +171,21 @@ impl Membership {
                     } else {
                         MemberState::Alive
                     };
-                    entry.member = Member { state, ..member };
+                    if own_word {
+                        entry.member = Member { state, ..member };
+                    } else {
+                        entry.member.heartbeat = member.heartbeat;
+                        entry.member.state = state;
+                    }
                     entry.heard_at_ms = now_ms;
                 }
                 None => {
+                    if self.entries.len() >= MAX_MEMBERS
+                        || (!own_word && self.forgotten.contains_key(&member.id))
+                    {
+                        continue;
+                    }
+                    self.forgotten.remove(&member.id);
                     // A member first heard of second-hand starts alive unless it left or
                     // is dead; its own heartbeats will keep it so.
                     let state = match member.state {
@@ -153,14 +204,14 @@ impl Membership {
     fn refute(&mut self, rumour: &Member) {
         let entry = self.entries.get_mut(&self.me.0).expect("we are always a member");
         if entry.member.state != MemberState::Left && rumour.heartbeat >= entry.member.heartbeat {
-            entry.member.heartbeat = rumour.heartbeat + 1;
+            entry.member.heartbeat = rumour.heartbeat.saturating_add(1);
         }
     }
 
     /// Announces a graceful leave (gossip it before stopping).
     pub fn leave(&mut self) {
         let entry = self.entries.get_mut(&self.me.0).expect("we are always a member");
-        entry.member.heartbeat += 1;
+        entry.member.heartbeat = entry.member.heartbeat.saturating_add(1);
         entry.member.state = MemberState::Left;
     }
 
@@ -212,14 +263,14 @@ mod tests {
     #[test]
     fn silent_members_become_suspect_then_dead_then_forgotten() {
         let mut ms = Membership::new(member(1, 0), T, 0);
-        ms.merge(vec![member(2, 5)], 0);
+        ms.merge(vec![member(2, 5)], None, 0);
         ms.tick(500);
         assert_eq!(ms.alive_peers().len(), 1);
         ms.tick(1_500);
         assert_eq!(ms.members()[1].state, MemberState::Suspect);
         assert!(ms.alive_peers().is_empty());
         // A fresh heartbeat clears the suspicion.
-        ms.merge(vec![member(2, 6)], 1_600);
+        ms.merge(vec![member(2, 6)], None, 1_600);
         assert_eq!(ms.members()[1].state, MemberState::Alive);
         ms.tick(3_000);
         ms.tick(5_000);
@@ -229,17 +280,73 @@ mod tests {
     }
 
     #[test]
-    fn higher_heartbeat_wins_and_old_news_is_ignored() {
+    fn only_a_member_itself_moves_its_address_and_old_news_is_ignored() {
+        let me = Some(uuid::Uuid::from_u128(2));
         let mut ms = Membership::new(member(1, 0), T, 0);
-        ms.merge(vec![member(2, 5)], 0);
+        ms.merge(vec![member(2, 5)], None, 0);
         let mut moved = member(2, 4);
         moved.addr = "elsewhere:1".into();
-        ms.merge(vec![moved], 10);
-        assert_eq!(ms.members()[1].addr, "127.0.0.1:2");
-        let mut newer = member(2, 7);
-        newer.addr = "elsewhere:1".into();
-        ms.merge(vec![newer], 10);
+        ms.merge(vec![moved.clone()], me, 10);
+        assert_eq!(ms.members()[1].addr, "127.0.0.1:2", "old news");
+        // Second-hand: the heartbeat moves, the address does not.
+        moved.heartbeat = 7;
+        moved.name = "impostor".into();
+        ms.merge(vec![moved.clone()], None, 10);
+        assert_eq!(ms.members()[1].heartbeat, 7);
+        assert_eq!(
+            (ms.members()[1].addr.as_str(), ms.members()[1].name.as_str()),
+            ("127.0.0.1:2", "n2")
+        );
+        // First-hand: it moves.
+        moved.heartbeat = 8;
+        ms.merge(vec![moved], me, 10);
         assert_eq!(ms.members()[1].addr, "elsewhere:1");
+    }
+
+    #[test]
+    fn a_forgotten_member_comes_back_only_on_its_own_word() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(2, 5)], None, 0);
+        for now in [2_000, 4_000, 15_000] {
+            ms.tick(now);
+        }
+        assert_eq!(ms.members().len(), 1, "forgotten");
+        ms.merge(vec![member(2, 5)], None, 15_100);
+        ms.merge(vec![member(2, 6)], Some(uuid::Uuid::from_u128(3)), 15_100);
+        assert_eq!(ms.members().len(), 1, "re-admitted second-hand");
+        ms.merge(vec![member(2, 6)], Some(uuid::Uuid::from_u128(2)), 15_200);
+        assert_eq!(ms.members().len(), 2);
+        assert_eq!(ms.alive_peers().len(), 1);
+    }
+
+    #[test]
+    fn floods_and_malformed_entries_are_bounded() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        let flood: Vec<Member> = (2..(MAX_MEMBERS as u128 + 500)).map(|n| member(n, 1)).collect();
+        ms.merge(flood, None, 0);
+        assert_eq!(ms.members().len(), MAX_MEMBERS);
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        let mut long_name = member(2, 1);
+        long_name.name = "x".repeat(MAX_NAME_BYTES + 1);
+        let mut url = member(3, 1);
+        url.addr = "user:pw@host:80/path#".into();
+        let mut no_port = member(4, 1);
+        no_port.addr = "host".into();
+        let mut escape = member(5, 1);
+        escape.name = "\u{1b}[2J".into();
+        ms.merge(vec![long_name, url, no_port, escape, member(6, 1)], None, 0);
+        let ids: Vec<u128> = ms.members().iter().map(|m| m.id.as_u128()).collect();
+        assert_eq!(ids, vec![1, 6]);
+    }
+
+    #[test]
+    fn heartbeats_saturate() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(1, u64::MAX)], None, 0);
+        assert_eq!(ms.me().heartbeat, u64::MAX);
+        ms.tick(10);
+        ms.leave();
+        assert_eq!(ms.me().heartbeat, u64::MAX);
     }
 
     #[test]
@@ -247,7 +354,7 @@ mod tests {
         let mut ms = Membership::new(member(1, 3), T, 0);
         let mut rumour = member(1, 9);
         rumour.state = MemberState::Dead;
-        ms.merge(vec![rumour], 0);
+        ms.merge(vec![rumour], None, 0);
         assert_eq!(ms.me().heartbeat, 10);
         assert_eq!(ms.me().state, MemberState::Alive);
     }
@@ -256,9 +363,9 @@ mod tests {
     fn leaving_is_final_and_spreads() {
         let mut a = Membership::new(member(1, 0), T, 0);
         let mut b = Membership::new(member(2, 0), T, 0);
-        b.merge(a.members(), 0);
+        b.merge(a.members(), None, 0);
         a.leave();
-        b.merge(a.members(), 10);
+        b.merge(a.members(), None, 10);
         assert_eq!(b.members()[0].state, MemberState::Left);
         assert!(b.alive_peers().is_empty());
         a.tick(20);
@@ -269,7 +376,7 @@ mod tests {
     fn random_peer_uses_the_given_pick() {
         let mut ms = Membership::new(member(1, 0), T, 0);
         assert!(ms.random_alive_peer(|_| 0).is_none());
-        ms.merge(vec![member(2, 1), member(3, 1)], 0);
+        ms.merge(vec![member(2, 1), member(3, 1)], None, 0);
         assert_eq!(ms.random_alive_peer(|n| n - 1).unwrap().id, uuid::Uuid::from_u128(3));
     }
 }

@@ -5,7 +5,7 @@ mod membership;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use membership::{Member, MemberState, Membership, Timeouts};
+pub use membership::{Member, MemberState, Membership, Timeouts, MAX_MEMBERS};
 
 use crate::clock::PhysicalClock;
 
@@ -40,11 +40,12 @@ impl Cluster {
         self.physical.now_ms()
     }
 
-    /// Merges a peer's list and answers with ours.
-    pub fn on_gossip(&self, remote: Vec<Member>) -> Vec<Member> {
+    /// Merges a peer's list and answers with ours. `first_hand`: the member the list
+    /// comes from, when known (only its own entry may change its address or name).
+    pub fn on_gossip(&self, remote: Vec<Member>, first_hand: Option<uuid::Uuid>) -> Vec<Member> {
         let now = self.now_ms();
         let mut state = self.lock();
-        state.membership.merge(remote, now);
+        state.membership.merge(remote, first_hand, now);
         state.membership.members()
     }
 

@@ -1,15 +1,17 @@
 //! `/internal/v1/*`: the receiver side of the peer protocol (see `wire.rs`).
-//! Authenticated by the cluster token once a key is configured.
+//! With a cluster key, every request must carry a valid signature and every reply is
+//! signed (`auth.rs`); see [`authenticate`].
 
-use axum::body::Bytes;
-use axum::extract::{Query, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::problem::ApiError;
-use super::AppState;
-use crate::peer::TOKEN_HEADER;
+use super::{AppState, INTERNAL_BODY_LIMIT};
+use crate::auth::{PeerAuth, FROM_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEADER};
+use crate::cluster::MAX_MEMBERS;
 use crate::sync::receiver::{self, ReceiveError};
 use crate::sync::SyncError;
 
@@ -26,21 +28,61 @@ fn bad_peer_body(what: &str, error: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("bad {what}: {error}"))
 }
 
-/// Refuses peers without the cluster token (when a key is configured).
+/// The member a peer request comes from: proven by its signature with a cluster key,
+/// as it claims without one.
+#[derive(Clone, Copy, Debug)]
+pub struct Sender(pub Option<uuid::Uuid>);
+
+/// Lets through what the node's [`PeerAuth`] allows. Signed mode reads the whole body
+/// (already capped by the route's body limit) to check its hash, refuses a bad, stale
+/// or replayed signature with 401, and signs the reply.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.cluster_token else { return next.run(request).await };
-    let presented = request
-        .headers()
-        .get(TOKEN_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| blake3::Hash::from_hex(text).ok());
-    // blake3::Hash compares in constant time.
-    if presented.as_ref() == Some(expected) {
-        next.run(request).await
-    } else {
-        tracing::warn!(path = %request.uri().path(), "refused a peer request without the cluster key");
-        ApiError::Unauthorized.into_response()
-    }
+    let (key, replays) = match &*state.peer_auth {
+        PeerAuth::Open => {
+            let claimed = request
+                .headers()
+                .get(FROM_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| uuid::Uuid::try_parse(text).ok());
+            let mut request = request;
+            request.extensions_mut().insert(Sender(claimed));
+            return next.run(request).await;
+        }
+        PeerAuth::Closed => return ApiError::PeersClosed.into_response(),
+        PeerAuth::Signed { key, replays } => (key, replays),
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT).await else {
+        return ApiError::PayloadTooLarge(format!(
+            "peer bodies are limited to {INTERNAL_BODY_LIMIT} bytes"
+        ))
+        .into_response();
+    };
+    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
+    let now = state.cluster.now_ms();
+    let verified = key
+        .verify_request(parts.method.as_str(), path, header, &body, now)
+        .and_then(|signed| replays.accept(&signed, now).map(|()| signed));
+    let signed = match verified {
+        Ok(signed) => signed,
+        Err(error) => {
+            state.warnings.warn("peer-auth", |held_back| {
+                tracing::warn!(path = %parts.uri.path(), %error, held_back, "refused a peer request")
+            });
+            return ApiError::Unauthorized.into_response();
+        }
+    };
+    let mut request = Request::from_parts(parts, Body::from(body));
+    request.extensions_mut().insert(Sender(Some(signed.from)));
+    let (mut parts, body) = next.run(request).await.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::Internal("could not read our own reply".into()).into_response();
+    };
+    let signature = key.sign_reply(&signed.mac, parts.status.as_u16(), &body);
+    let value = HeaderValue::from_str(&signature).expect("hex is a valid header value");
+    parts.headers.insert(REPLY_SIGNATURE_HEADER, value);
+    Response::from_parts(parts, Body::from(body))
 }
 
 impl From<ReceiveError> for ApiError {
@@ -100,13 +142,17 @@ pub async fn sync_now(
     Ok(axum::Json(report).into_response())
 }
 
-pub async fn gossip(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn gossip(
+    State(state): State<AppState>,
+    Extension(sender): Extension<Sender>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let remote: Vec<crate::cluster::Member> =
         serde_json::from_slice(&body).map_err(|e| bad_peer_body("member list", e))?;
-    if remote.len() > 10_000 {
-        return Err(bad_peer_body("member list", "more than 10,000 members"));
+    if remote.len() > MAX_MEMBERS {
+        return Err(bad_peer_body("member list", format!("more than {MAX_MEMBERS} members")));
     }
-    let ours = state.cluster.on_gossip(remote);
+    let ours = state.cluster.on_gossip(remote, sender.0);
     let mut response = axum::Json(ours).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)

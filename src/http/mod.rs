@@ -22,10 +22,12 @@ use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::PeerAuth;
 use crate::cluster::Cluster;
 use crate::model::{NodeId, Version};
 use crate::service::Services;
 use crate::sync::Driver;
+use crate::telemetry::Throttle;
 pub use problem::ApiError;
 pub use serve::serve;
 
@@ -47,8 +49,10 @@ pub struct AppState {
     pub driver: Driver,
     /// Answer reads while not ready (`cluster.serve_stale`).
     pub serve_stale: bool,
-    /// Peers must present this on `/internal/` (None: no key configured).
-    pub cluster_token: Option<blake3::Hash>,
+    /// Who may call `/internal/` (signed requests with a cluster key).
+    pub peer_auth: Arc<PeerAuth>,
+    /// Repeated warnings (refused peers, say) are logged at most every few seconds.
+    pub warnings: Arc<Throttle>,
 }
 
 /// A version as the API shows it.

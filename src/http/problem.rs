@@ -25,6 +25,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A peer request without the cluster key.
     Unauthorized,
+    /// No cluster key and listening beyond loopback: peer routes are closed.
+    PeersClosed,
     /// The node has not joined and synced yet.
     NotReady,
     /// The node is still opening its data directory (only `/health/live` answers).
@@ -69,6 +71,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PeersClosed => StatusCode::FORBIDDEN,
             ApiError::NotReady | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -89,7 +92,12 @@ impl ApiError {
             ApiError::PreconditionFailed => {
                 "the resource's current version does not match If-Match".into()
             }
-            ApiError::Unauthorized => "this route needs the cluster key".into(),
+            ApiError::Unauthorized => {
+                "this route needs a request signed with the cluster key".into()
+            }
+            ApiError::PeersClosed => "this node has no cluster key and listens beyond loopback, \
+                 so its peer routes are closed (set cluster.key_file on every node)"
+                .into(),
             ApiError::NotReady => {
                 "the node has not finished joining and syncing; retry shortly".into()
             }

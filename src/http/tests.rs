@@ -65,7 +65,8 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         forget_after_ms: 60_000,
     };
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
-    let peer: Arc<dyn crate::transport::Peer> = Arc::new(crate::peer::PeerClient::new(None));
+    let peer: Arc<dyn crate::transport::Peer> =
+        Arc::new(crate::peer::PeerClient::new(None, uuid::Uuid::nil(), Arc::new(SystemClock)));
     let driver = crate::sync::Driver::new(peer, services.replica.clone(), cluster.clone());
     let node = Arc::new(node);
     let state = AppState {
@@ -74,7 +75,8 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         cluster,
         driver,
         serve_stale,
-        cluster_token: None,
+        peer_auth: Arc::new(crate::auth::PeerAuth::Open),
+        warnings: Arc::default(),
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

@@ -3,6 +3,7 @@
 //!
 //! Everything above this module agrees on one conflict rule, [`Record::supersedes`].
 
+pub mod json;
 mod key;
 mod node;
 mod record;

@@ -25,7 +25,7 @@ fn config(dir: &std::path::Path, seeds: Vec<String>, key: Option<[u8; 32]>) -> C
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = dir.to_owned();
     config.seeds = seeds;
-    config.cluster_key = key;
+    config.cluster_key = key.map(kvs::auth::Secret);
     config.sync_interval = Duration::from_millis(200);
     config.gossip_interval = Duration::from_millis(50);
     config.join_timeout = Duration::from_secs(3);

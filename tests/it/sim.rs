@@ -147,6 +147,11 @@ impl Peer for SimPeer {
         addr: &str,
         request: &NodesRequest,
     ) -> Result<Vec<Digest>, PeerError> {
+        if addr == LIAR {
+            // The liar holds nothing: every subtree is empty.
+            let empty = wire::digest(&kvs::merkle::ZERO, 0);
+            return Ok(vec![empty; request.reply_len()]);
+        }
         let body = self
             .exchange(addr, request.encode(), |replica, body| async move {
                 receiver::nodes(&replica, &body)
@@ -160,6 +165,17 @@ impl Peer for SimPeer {
         addr: &str,
         request: &ReconcileRequest,
     ) -> Result<ReconcileReply, PeerError> {
+        if addr == LIAR {
+            // ... and wants everything: were its claims believed, every record of ours
+            // older than its "horizon" would be dropped.
+            let wanted = (0..request.fingerprints() as u32).collect();
+            return Ok(ReconcileReply {
+                covered: request.segments.len() as u32,
+                wanted,
+                records: Vec::new(),
+                records_bytes: 0,
+            });
+        }
         let body = self
             .exchange(addr, request.encode(), |replica, body| async move {
                 receiver::reconcile(&replica, body).await
@@ -170,7 +186,8 @@ impl Peer for SimPeer {
 
     async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
         if addr == LIAR {
-            return Err(Self::down(addr));
+            // Takes whatever it is sent (and keeps none of it).
+            return Ok(wire::compress_batch(records).len());
         }
         let batch = wire::compress_batch(records);
         let bytes = batch.len();
@@ -618,7 +635,13 @@ impl Sim {
 async fn run_seed(seed: u64) -> Result<(), String> {
     let mut sim = Sim::new(seed);
     let steps = sim.rng.random_range(150..300);
-    let long_at = sim.rng.random_bool(0.3).then(|| sim.rng.random_range(0..steps));
+    // A minority cut off for longer than the TTL: at a random step, or (a late joiner
+    // that never synced) from the very start.
+    let long_at = match sim.rng.random_range(0..10) {
+        0..=1 => Some(sim.rng.random_range(0..steps)),
+        2 => Some(0),
+        _ => None,
+    };
     for step in 0..steps {
         if Some(step) == long_at {
             sim.long_minority_partition().await;
