@@ -328,6 +328,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_keyless_cluster_beyond_loopback_refuses_to_start_unless_insecure() {
+        let refused = Config::from_yaml(
+            "node: {listen: '0.0.0.0:7000', advertise: 'h:7000'}\ncluster: {seeds: ['a:1']}",
+        );
+        let message = refused.unwrap_err().to_string();
+        assert!(
+            message.contains("kvs keygen") && message.contains("cluster.insecure"),
+            "{message}"
+        );
+        for fine in [
+            "node: {listen: '0.0.0.0:7000', advertise: 'h:7000'}\ncluster: {seeds: ['a:1'], insecure: true}",
+            "node: {listen: '127.0.0.1:7000'}\ncluster: {seeds: ['a:1']}",
+            "node: {listen: '0.0.0.0:7000'}",
+        ] {
+            assert!(Config::from_yaml(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_key_file_is_read_and_a_readable_one_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvs.key");
+        std::fs::write(&path, format!("{}\n", generate_key())).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let yaml = format!(
+            "node: {{listen: '0.0.0.0:7000', advertise: 'h:7000'}}\ncluster: {{seeds: ['a:1'], key_file: '{}'}}",
+            path.display()
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert!(config.cluster_key.is_some());
+        assert!(!format!("{config:?}")
+            .contains(&format!("{:?}", config.cluster_key.as_ref().unwrap().0)));
+        #[cfg(unix)]
+        assert!(config.warnings.iter().any(|w| w.contains("chmod 600")), "{:?}", config.warnings);
+        let missing = Config::from_yaml("cluster: {key_file: '/nonexistent/kvs.key'}");
+        assert!(missing.unwrap_err().to_string().contains("cannot read /nonexistent/kvs.key"));
+    }
+
+    #[test]
     fn defaults() {
         let config = Config::from_yaml("").unwrap();
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());

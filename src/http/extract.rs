@@ -43,7 +43,7 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        crate::model::json::check_document(&bytes)
             .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
         Ok(RawJson(bytes))
     }

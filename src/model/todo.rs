@@ -45,8 +45,17 @@ fn check_length(field: &'static str, text: &str, max: usize) -> Result<(), Field
     Ok(())
 }
 
+/// 1 to [`MAX_TODO_CHARS`] characters, no control characters but newline and tab (NUL
+/// or a terminal escape sequence in a todo would reach whoever prints it).
 pub fn validate_text(text: &str) -> Result<(), FieldError> {
-    check_length("todo", text, MAX_TODO_CHARS)
+    check_length("todo", text, MAX_TODO_CHARS)?;
+    if let Some(bad) = text.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
+        return Err(FieldError {
+            field: "todo",
+            message: format!("must not contain control character U+{:04X}", u32::from(bad)),
+        });
+    }
+    Ok(())
 }
 
 pub fn validate_extern_id(extern_id: &str) -> Result<(), FieldError> {
@@ -60,6 +69,21 @@ impl StoredTodo {
     /// The stored form, about half the size of the JSON: format byte, flags (bit 0:
     /// completed), `created_at` and `updated_at` (8 bytes each, big-endian), then
     /// `extern_id` and `todo` as UTF-8, each after a 2-byte length.
+    /// The rules a client's todo obeys, checked on a todo from a peer stored under `id`:
+    /// field limits, and `id = UUIDv5(extern_id)` (else two live todos could share one
+    /// `extern_id`).
+    pub fn check(&self, id: Uuid) -> Result<(), FieldError> {
+        validate_text(&self.todo)?;
+        validate_extern_id(&self.extern_id)?;
+        if todo_id(&self.extern_id) != id {
+            return Err(FieldError {
+                field: "id",
+                message: format!("{id} is not the id of extern_id {:?}", self.extern_id),
+            });
+        }
+        Ok(())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(22 + self.extern_id.len() + self.todo.len());
         out.push(TODO_FORMAT);

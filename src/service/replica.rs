@@ -309,10 +309,11 @@ impl ReplicaService {
 fn validate(key: &Key, record: &Record) -> Result<(), ServiceError> {
     let Some(bytes) = record.live_bytes() else { return Ok(()) };
     let problem = match key {
-        Key::Todo(_) => StoredTodo::decode(bytes).err(),
-        Key::Doc(_) => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).err().map(|e| e.to_string())
-        }
+        Key::Todo(id) => match StoredTodo::decode(bytes) {
+            Ok(todo) => todo.check(*id).err().map(|error| error.to_string()),
+            Err(reason) => Some(reason),
+        },
+        Key::Doc(_) => crate::model::json::check_document(bytes).err().map(|e| e.to_string()),
     };
     match problem {
         None => Ok(()),

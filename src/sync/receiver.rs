@@ -17,6 +17,11 @@ pub enum ReceiveError {
     Service(#[from] ServiceError),
 }
 
+/// Heavy peer work (reconcile answers, batch decompression) at once, per process: a
+/// burst of peer requests queues here instead of taking every blocking thread and
+/// `2 × MAX_BATCH_BYTES` of memory apiece.
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 fn bad(what: &'static str, error: impl std::fmt::Display) -> ReceiveError {
     ReceiveError::Bad { what, reason: error.to_string() }
 }
@@ -45,6 +50,7 @@ pub fn nodes(replica: &ReplicaService, body: &[u8]) -> Result<Vec<u8>, ReceiveEr
 
 pub async fn reconcile(replica: &ReplicaService, body: Vec<u8>) -> Result<Vec<u8>, ReceiveError> {
     let replica = replica.clone();
+    let _turn = HEAVY.acquire().await.map_err(|_| ServiceError::Interrupted)?;
     let answered = tokio::task::spawn_blocking(move || {
         let request = ReconcileRequest::decode(&body).map_err(|e| bad("reconcile request", e))?;
         Ok::<_, ReceiveError>(replica.reconcile(&request)?.encode())
@@ -55,7 +61,9 @@ pub async fn reconcile(replica: &ReplicaService, body: Vec<u8>) -> Result<Vec<u8
 
 /// Decompresses (on the blocking pool) and merges a record batch.
 pub async fn records(replica: &ReplicaService, body: Vec<u8>) -> Result<MergeReport, ReceiveError> {
+    let turn = HEAVY.acquire().await.map_err(|_| ServiceError::Interrupted)?;
     let decoded = tokio::task::spawn_blocking(move || wire::decompress_batch(&body)).await;
+    drop(turn);
     let records =
         decoded.map_err(|_| ServiceError::Interrupted)?.map_err(|e| bad("record batch", e))?;
     replica.merge(records).await.map_err(|error| match error {

@@ -236,3 +236,188 @@ async fn start_quiet(dir: tempfile::TempDir, seeds: Vec<String>) -> TestNode {
     let base = format!("http://{}", node.addr());
     TestNode { node, base, dir }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_and_todos_that_lax_parsers_store_are_refused() {
+    let http = client();
+    let node = start_node().await;
+    let very_deep = "[".repeat(400_000) + &"]".repeat(400_000);
+    let bodies: Vec<Vec<u8>> = vec![
+        b"\"\xff\xfe\"".to_vec(),
+        br#"{"s":"\ud800"}"#.to_vec(),
+        b"[1e999]".to_vec(),
+        br#"{"a":1,"a":2}"#.to_vec(),
+        very_deep.into_bytes(),
+    ];
+    for body in bodies {
+        let reply = http
+            .put(format!("{}/kv/lax", node.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    }
+    for text in ["nul\u{0}byte", "clear \u{1b}[2J screen"] {
+        let reply =
+            http.post(format!("{}/todos", node.base)).json(&json!({"todo": text})).send().await;
+        assert_eq!(reply.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY, "{text:?}");
+    }
+    let ok = http.post(format!("{}/todos", node.base)).json(&json!({"todo": "two\n\tlines"}));
+    assert_eq!(ok.send().await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(info(&http, &node).await["key_count"], json!(1));
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_plant_what_a_client_could_not_write() {
+    use kvs::model::todo::StoredTodo;
+    let http = client();
+    let node = start_node().await;
+    let todo = |extern_id: &str, text: &str| StoredTodo {
+        extern_id: extern_id.into(),
+        todo: text.into(),
+        completed: false,
+        created_at: 1,
+        updated_at: 1,
+    };
+    let planted = [
+        // An id that is not UUIDv5(extern_id): a second live todo for "shared".
+        (Key::Todo(uuid::Uuid::from_u128(5)), todo("shared", "impostor").encode()),
+        (Key::Todo(kvs::model::todo::todo_id("x")), todo("x", "esc \u{1b}[2J").encode()),
+        (Key::doc("dup").unwrap(), br#"{"a":1,"a":2}"#.to_vec()),
+    ];
+    for (key, value) in planted {
+        let record = Record { value: Value::Live(value), ..record_at(now_ms(), b"") };
+        let batch = kvs::wire::compress_batch(&[(key, record)]);
+        let reply = internal_post(&http, &node, "records", batch).await;
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(info(&http, &node).await["key_count"], json!(0));
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_hand_gossip_cannot_move_a_member_or_flood_the_list() {
+    let http = client();
+    let node = start_node().await;
+    let real = uuid::Uuid::from_u128(0x2ea1);
+    let member = |id: uuid::Uuid, addr: &str, heartbeat: u64| json!({"id": id, "name": "m", "addr": addr, "joined_at": 1, "heartbeat": heartbeat, "state": "alive"});
+    let gossip = |from: uuid::Uuid, members: Vec<Json>| {
+        http.post(format!("{}/internal/v1/gossip", node.base))
+            .header(kvs::auth::FROM_HEADER, from.to_string())
+            .body(serde_json::to_vec(&members).unwrap())
+            .send()
+    };
+    // The member announces itself...
+    let reply = gossip(real, vec![member(real, "127.0.0.1:7001", 1)]).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    // ...and someone else claims it moved, with the largest heartbeat there is.
+    let liar = uuid::Uuid::from_u128(0x11a2);
+    let forged = vec![member(real, "127.0.0.1:6666", u64::MAX)];
+    assert_eq!(gossip(liar, forged).await.unwrap().status(), StatusCode::OK);
+    let addr_of = |members: &[kvs::cluster::Member]| {
+        members.iter().find(|m| m.id == real).map(|m| m.addr.clone())
+    };
+    assert_eq!(addr_of(&node.node.cluster().members()).as_deref(), Some("127.0.0.1:7001"));
+    // A flood past the cap is refused whole; one below it is held to the cap.
+    let flood: Vec<Json> = (0..10_000u128)
+        .map(|n| member(uuid::Uuid::from_u128(n + 1_000_000), "10.0.0.1:1", 1))
+        .collect();
+    assert_eq!(gossip(liar, flood).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let just_under: Vec<Json> = (0..kvs::cluster::MAX_MEMBERS as u128)
+        .map(|n| member(uuid::Uuid::from_u128(n + 2_000_000), "10.0.0.1:1", 1))
+        .collect();
+    assert_eq!(gossip(liar, just_under).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(node.node.cluster().members().len(), kvs::cluster::MAX_MEMBERS);
+    // Honest clients are still served.
+    assert_eq!(put_doc(&http, &node, "still", &json!(1)).await, StatusCode::CREATED);
+    node.node.shutdown().await.unwrap();
+}
+
+/// A node with a cluster key and a signer holding the same key.
+async fn keyed_node() -> (TestNode, kvs::auth::ClusterKey) {
+    let secret = [9u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kvs::config::Config::from_yaml("").unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.cluster_key = Some(kvs::auth::Secret(secret));
+    let node = kvs::daemon::start(config, kvs::daemon::Options::default()).await.unwrap();
+    let base = format!("http://{}", node.addr());
+    (TestNode { node, base, dir }, kvs::auth::ClusterKey::new(&secret))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_only_fresh_signed_requests_get_in() {
+    let http = client();
+    let (node, key) = keyed_node().await;
+    let path = "/internal/v1/records";
+    let batch = kvs::wire::compress_batch(&[(
+        Key::doc("signed").unwrap(),
+        record_at(now_ms(), b"{\"v\":1}"),
+    )]);
+    let send = |header: Option<String>, body: Vec<u8>| {
+        let mut request = http.post(format!("{}{path}", node.base)).body(body);
+        if let Some(header) = header {
+            request = request.header(kvs::auth::SIGNATURE_HEADER, header);
+        }
+        request.send()
+    };
+    let me = uuid::Uuid::from_u128(77);
+    // Unsigned, signed with another key, signed for another body, signed too long ago.
+    assert_eq!(send(None, batch.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let stranger = kvs::auth::ClusterKey::new(&[8u8; 32]);
+    let (other_key, _) = stranger.sign_request("POST", path, &batch, me, now_ms());
+    assert_eq!(
+        send(Some(other_key), batch.clone()).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (for_other_body, _) = key.sign_request("POST", path, b"other", me, now_ms());
+    assert_eq!(
+        send(Some(for_other_body), batch.clone()).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (stale, _) = key.sign_request("POST", path, &batch, me, now_ms() - 120_000);
+    assert_eq!(send(Some(stale), batch.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(info(&http, &node).await["key_count"], json!(0));
+    // A good one gets in, with a signed reply; the same request again does not.
+    let (good, mac) = key.sign_request("POST", path, &batch, me, now_ms());
+    let reply = send(Some(good.clone()), batch.clone()).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    let signature = reply.headers()[kvs::auth::REPLY_SIGNATURE_HEADER].to_str().unwrap().to_owned();
+    assert_eq!(key.verify_reply(&mac, 204, Some(&signature), b""), Ok(()));
+    assert_eq!(info(&http, &node).await["key_count"], json!(1));
+    assert_eq!(send(Some(good), batch).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The sync route names members only, even signed.
+    let sync = "/internal/v1/sync?peer=127.0.0.1:22";
+    let (header, _) = key.sign_request("POST", sync, b"", me, now_ms());
+    let reply = http
+        .post(format!("{}{sync}", node.base))
+        .header(kvs::auth::SIGNATURE_HEADER, header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_beyond_loopback_the_peer_routes_are_closed() {
+    let http = client();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kvs::config::Config::from_yaml("").unwrap();
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    let node = kvs::daemon::start(config, kvs::daemon::Options::default()).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", node.addr().port());
+    let batch = kvs::wire::compress_batch(&[(Key::doc("x").unwrap(), record_at(now_ms(), b"1"))]);
+    let reply = http.post(format!("{base}/internal/v1/records")).body(batch).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::FORBIDDEN);
+    let problem: Json = reply.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("cluster.key_file"), "{problem}");
+    let put = http.put(format!("{base}/kv/y")).json(&json!(1)).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED, "clients are still served");
+    node.shutdown().await.unwrap();
+}
