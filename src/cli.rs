@@ -97,6 +97,13 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 1048576]
     #[arg(long, env = "KVS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most connections open at once; more wait until one closes [default: 4096]
+    #[arg(long, env = "KVS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Close a connection that takes longer to send a request's headers, or stays idle
+    /// between requests [default: 20s]
+    #[arg(long, env = "KVS_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
     #[arg(long, env = "KVS_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,

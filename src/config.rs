@@ -42,6 +42,10 @@ pub struct Config {
     /// Answer reads (GET/HEAD on data routes) while not ready, from possibly stale data.
     pub serve_stale: bool,
     pub max_body_bytes: usize,
+    /// Open connections at most; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers (or stay idle).
+    pub header_read_timeout: Duration,
     /// False only for the `merkle-cost` benchmark (`--bench-skip-merkle`, standalone).
     pub merkle_upkeep: bool,
     pub log_level: String,
@@ -106,6 +110,8 @@ struct ClusterSection {
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<String>,
 }
 
 impl Config {
@@ -201,6 +207,10 @@ impl Config {
         if max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be greater than 0"));
         }
+        let max_connections = args.max_connections.or(http.max_connections).unwrap_or(4_096);
+        if max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be greater than 0"));
+        }
         Ok(Config {
             node_name,
             listen,
@@ -243,6 +253,13 @@ impl Config {
             push_on_write: args.push_on_write.or(cluster.push_on_write).unwrap_or(true),
             serve_stale: args.serve_stale.or(cluster.serve_stale).unwrap_or(false),
             max_body_bytes,
+            max_connections,
+            header_read_timeout: duration(
+                "http.header_read_timeout",
+                &args.header_read_timeout,
+                http.header_read_timeout,
+                Duration::from_secs(20),
+            )?,
             merkle_upkeep: !args.bench_skip_merkle,
             log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
             log_format: args.log_format.or(log_format).unwrap_or(LogFormat::Text),

@@ -95,7 +95,11 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     let slot = Arc::new(OnceLock::new());
     let app = http::late_bound(slot.clone());
     let stop = shutdown.clone();
-    tasks.spawn(http::serve(listener, app, stop));
+    let limits = http::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    tasks.spawn(http::serve(listener, app, stop, limits));
     // If starting fails below, the listener must not outlive the attempt.
     let stop_on_error = shutdown.clone().drop_guard();
 

@@ -28,10 +28,9 @@ fn keygen() {
     let key = config::generate_key();
     println!("{key}");
     eprintln!();
-    eprintln!("Give every node of the cluster this same key, in its config file:");
-    eprintln!("  cluster:");
-    eprintln!("    key: \"{key}\"");
-    eprintln!("or in the environment: KVS_CLUSTER_KEY={key}");
+    eprintln!("Give every node of the cluster this same key in a file only kvs can read:");
+    eprintln!("  kvs keygen > kvs.key && chmod 600 kvs.key");
+    eprintln!("  kvs --cluster-key-file kvs.key ...   (or cluster.key_file in the config)");
     eprintln!("Keep it secret: anyone holding it can join the cluster and read its data.");
 }
 
@@ -47,6 +46,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         eprintln!("kvs: configuration error: {error}");
         return ExitCode::from(2);
     }
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -61,6 +61,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
             eprintln!("kvs: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every client connection holds
+/// a descriptor, and the usual soft limit (1024) is far below `http.max_connections`.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
 }
 

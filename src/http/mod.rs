@@ -29,7 +29,7 @@ use crate::service::Services;
 use crate::sync::Driver;
 use crate::telemetry::Throttle;
 pub use problem::ApiError;
-pub use serve::serve;
+pub use serve::{serve, Limits};
 
 /// Who this node is, as the API reports it.
 #[derive(Debug, Clone)]

@@ -421,3 +421,39 @@ async fn without_a_key_beyond_loopback_the_peer_routes_are_closed() {
     assert_eq!(put.status(), StatusCode::CREATED, "clients are still served");
     node.shutdown().await.unwrap();
 }
+
+/// Idle and slow connections are closed after `header_read_timeout`, and a node at its
+/// connection cap still serves an honest client once they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_cut_and_honest_clients_served() {
+    use tokio::io::AsyncWriteExt;
+    let http = client();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kvs::config::Config::from_yaml("").unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.max_connections = 32;
+    config.header_read_timeout = Duration::from_millis(500);
+    let node = kvs::daemon::start(config, kvs::daemon::Options::default()).await.unwrap();
+    let addr = node.addr();
+    // More idle sockets than the cap, and one sending its headers a byte at a time.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHo").await.unwrap();
+
+    let live = format!("http://{addr}/health/live");
+    let reply = http.get(&live).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    // Every socket that got in is closed by the node (read returns end of file); the
+    // ones still waiting in the backlog are accepted, then closed in turn.
+    let mut buffer = [0u8; 64];
+    for socket in idle.iter_mut().chain(std::iter::once(&mut slow)) {
+        let closed = tokio::time::timeout(CONVERGE, socket.read(&mut buffer)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a socket was held open: {closed:?}");
+    }
+    assert_eq!(http.get(&live).send().await.unwrap().status(), StatusCode::OK);
+    node.shutdown().await.unwrap();
+}

@@ -14,6 +14,9 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("sled", &["store/"]),
     ("zstd", &["codec.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
+    ("rlimit", &["main.rs"]),
+    ("hyper", &["http/"]),
+    ("hyper_util", &["http/"]),
     ("tracing_subscriber", &["telemetry.rs"]),
 ];
 
