@@ -58,6 +58,19 @@ pub struct Info {
     /// How far ahead of this node's clock (ms) the furthest refused timestamp was; a
     /// large value with many refusals means this node's clock is behind its peers'.
     pub furthest_refused_ahead_ms: u64,
+    /// Which protections are on (never a secret).
+    pub security: Security,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Security {
+    /// How peer routes are guarded: `signed` (cluster key), `open` (no key: loopback
+    /// or `cluster.insecure`) or `closed` (no key beyond loopback).
+    pub peer_auth: &'static str,
+    /// TLS on this port (not built yet: always false).
+    pub tls: bool,
+    /// Client tokens required on the public API (not built yet: always false).
+    pub client_auth: bool,
 }
 
 /// The process is up.
@@ -117,5 +130,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         last_sync,
         skewed_timestamps: data.refused_timestamps,
         furthest_refused_ahead_ms: data.furthest_refused_ms,
+        security: Security {
+            peer_auth: state.peer_auth.describe(),
+            tls: false,
+            client_auth: false,
+        },
     })
 }

@@ -161,7 +161,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/kv", get(docs::list))
         .route("/kv/{*key}", get(docs::get).put(docs::put).delete(docs::delete))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
+        .route_layer(middleware::from_fn(time_limit));
     let internal = Router::new()
         .route("/internal/v1/root", post(internal::root))
         .route("/internal/v1/nodes", post(internal::nodes))
@@ -200,6 +201,18 @@ pub fn late_bound(slot: Arc<OnceLock<Router>>) -> Router {
         let router = slot.get().cloned().unwrap_or_else(|| starting.clone());
         router.oneshot(request)
     }))
+}
+
+/// How long a data request may take, body upload included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers 408 to a data request that takes longer than [`REQUEST_TIMEOUT`] (a client
+/// trickling its body holds a connection no longer than that).
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout.into_response(),
+    }
 }
 
 /// Data routes answer 503 with `Retry-After` until the node is ready (reads do not,

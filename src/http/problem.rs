@@ -25,6 +25,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A peer request without the cluster key.
     Unauthorized,
+    /// The request (its body, say) took longer than the limit.
+    RequestTimeout,
     /// No cluster key and listening beyond loopback: peer routes are closed.
     PeersClosed,
     /// The node has not joined and synced yet.
@@ -71,6 +73,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PeersClosed => StatusCode::FORBIDDEN,
             ApiError::NotReady | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -95,6 +98,10 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "this route needs a request signed with the cluster key".into()
             }
+            ApiError::RequestTimeout => format!(
+                "the request took longer than {} s (a body sent too slowly?)",
+                super::REQUEST_TIMEOUT.as_secs()
+            ),
             ApiError::PeersClosed => "this node has no cluster key and listens beyond loopback, \
                  so its peer routes are closed (set cluster.key_file on every node)"
                 .into(),

@@ -390,6 +390,9 @@ async fn with_a_key_only_fresh_signed_requests_get_in() {
     assert_eq!(key.verify_reply(&mac, 204, Some(&signature), b""), Ok(()));
     assert_eq!(info(&http, &node).await["key_count"], json!(1));
     assert_eq!(send(Some(good), batch).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let shown = info(&http, &node).await;
+    assert_eq!(shown["security"]["peer_auth"], json!("signed"));
+    assert!(!shown.to_string().contains("CQkJCQkJ"), "the key's base64 leaked: {shown}");
     // The sync route names members only, even signed.
     let sync = "/internal/v1/sync?peer=127.0.0.1:22";
     let (header, _) = key.sign_request("POST", sync, b"", me, now_ms());
@@ -417,6 +420,9 @@ async fn without_a_key_beyond_loopback_the_peer_routes_are_closed() {
     assert_eq!(reply.status(), StatusCode::FORBIDDEN);
     let problem: Json = reply.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("cluster.key_file"), "{problem}");
+    let shown: Json =
+        http.get(format!("{base}/health/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["security"]["peer_auth"], json!("closed"));
     let put = http.put(format!("{base}/kv/y")).json(&json!(1)).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::CREATED, "clients are still served");
     node.shutdown().await.unwrap();
