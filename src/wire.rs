@@ -38,8 +38,11 @@ pub const WINDOWS: u8 = (32 / DIGEST_BYTES) as u8;
 pub const MAX_FINGERPRINTS: usize = 1 << 20;
 /// At most this many records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 200_000;
-/// A decompressed batch may not exceed this.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
+/// A decompressed batch may not exceed this (so a compression bomb costs at most this).
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Senders split record batches at about this many bytes of values (see [`batches`]),
+/// well below [`MAX_BATCH_BYTES`] whatever the per-record overhead.
+pub const SEND_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// A single record may not exceed this (the HTTP body limit is smaller).
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
@@ -408,6 +411,26 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<(Key, Record)>, WireError> {
     Ok(records)
 }
 
+/// Splits `records` into consecutive batches of at most [`SEND_BATCH_BYTES`] of keys and
+/// values each (a larger record travels alone), so every batch decodes within
+/// [`MAX_BATCH_BYTES`].
+pub fn batches(records: &[(Key, Record)]) -> Vec<&[(Key, Record)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, (key, record)) in records.iter().enumerate() {
+        let size = 96 + key.to_bytes().len() + record.live_bytes().map_or(0, <[u8]>::len);
+        if at > start && bytes + size > SEND_BATCH_BYTES {
+            out.push(&records[start..at]);
+            (start, bytes) = (at, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
+
 /// A batch as it travels: zstd-compressed.
 pub fn compress_batch(records: &[(Key, Record)]) -> Vec<u8> {
     codec::compress(&encode_batch(records))
@@ -441,6 +464,41 @@ mod tests {
                 (Key::doc(&path).unwrap(), record)
             },
         )
+    }
+
+    proptest! {
+        /// Batches cover the records in order, each within the byte budget unless it
+        /// holds a single record.
+        #[test]
+        fn batches_cover_everything_in_order_within_budget(
+            sizes in proptest::collection::vec(0usize..6_000_000, 0..40),
+        ) {
+            let records: Vec<(Key, Record)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(n, size)| {
+                    let record = Record {
+                        version: Version {
+                            ts: Timestamp::from_raw(n as u64),
+                            origin: Origin { node: NodeId(Uuid::from_u128(1)), joined_at: 1 },
+                            uuid: Uuid::from_u128(n as u128),
+                        },
+                        value: Value::Live(vec![b'x'; *size]),
+                    };
+                    (Key::doc(&format!("k{n}")).unwrap(), record)
+                })
+                .collect();
+            let parts = batches(&records);
+            let joined: Vec<&(Key, Record)> = parts.iter().flat_map(|part| part.iter()).collect();
+            prop_assert_eq!(joined.len(), records.len());
+            prop_assert!(joined.iter().zip(&records).all(|(a, b)| std::ptr::eq(*a, b)));
+            for part in parts {
+                prop_assert!(!part.is_empty());
+                let bytes: usize = part.iter().map(|(_, r)| r.live_bytes().map_or(0, <[u8]>::len)).sum();
+                prop_assert!(part.len() == 1 || bytes <= SEND_BATCH_BYTES);
+                prop_assert!(encode_batch(part).len() <= MAX_BATCH_BYTES);
+            }
+        }
     }
 
     proptest! {

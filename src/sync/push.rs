@@ -55,8 +55,11 @@ pub async fn push_loop(
             let (peer, batch) = (peer.clone(), batch.clone());
             pushes.spawn(async move {
                 let _permit = permit;
-                if let Err(error) = peer.push(&member.addr, &batch).await {
-                    tracing::debug!(peer = %member.addr, %error, "push failed; anti-entropy will repair");
+                for part in crate::wire::batches(&batch) {
+                    if let Err(error) = peer.push(&member.addr, part).await {
+                        tracing::debug!(peer = %member.addr, %error, "push failed; anti-entropy will repair");
+                        break;
+                    }
                 }
             });
         }

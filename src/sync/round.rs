@@ -206,9 +206,9 @@ impl Exchange<'_> {
                 report.dropped +=
                     tokio::task::spawn_blocking(move || replica.drop_lacking(&to_drop)).await??;
             }
-            if !to_push.is_empty() {
-                report.pushed += to_push.len();
-                report.record_bytes += self.peer.push(self.addr, &to_push).await?;
+            for batch in wire::batches(&to_push) {
+                report.pushed += batch.len();
+                report.record_bytes += self.peer.push(self.addr, batch).await?;
                 report.requests += 1;
             }
         }

@@ -463,3 +463,28 @@ async fn idle_and_slow_connections_are_cut_and_honest_clients_served() {
     assert_eq!(http.get(&live).send().await.unwrap().status(), StatusCode::OK);
     node.shutdown().await.unwrap();
 }
+
+/// A small body that would inflate to 512 MiB is refused after at most
+/// `MAX_BATCH_BYTES`, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compression_bomb_is_refused_and_the_node_keeps_serving() {
+    let http = client();
+    let node = start_node().await;
+    let bomb = tokio::task::spawn_blocking(|| {
+        use std::io::Write;
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..512 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        encoder.finish().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(bomb.len() < 256 * 1024, "the bomb is {} bytes", bomb.len());
+    let reply = internal_post(&http, &node, "records", bomb).await;
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(put_doc(&http, &node, "after", &json!(1)).await, StatusCode::CREATED);
+    assert_eq!(info(&http, &node).await["key_count"], json!(1));
+    node.node.shutdown().await.unwrap();
+}

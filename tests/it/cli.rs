@@ -39,7 +39,7 @@ fn keygen_prints_a_256_bit_key() {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.decode(key.trim()).unwrap();
     assert_eq!(bytes.len(), 32);
-    assert!(String::from_utf8(output.stderr).unwrap().contains("cluster:"));
+    assert!(String::from_utf8(output.stderr).unwrap().contains("--cluster-key-file"));
 }
 
 #[test]

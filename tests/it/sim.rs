@@ -438,6 +438,15 @@ impl Sim {
     fn purge(&mut self, n: usize) {
         if let Some(up) = self.nodes[n].up.as_ref() {
             let purged = up.services.replica.purge_expired(10_000).unwrap();
+            // A node with seeds purges only while in contact: its horizon never passes
+            // its last completed round (a never-synced one keeps horizon 0).
+            let horizon = up.store.purge_horizon().unwrap();
+            let contact = up.store.last_contact().unwrap();
+            assert!(
+                !self.nodes[n].seeded || horizon <= contact.unwrap_or(0),
+                "seed {}: node {n} raised its purge horizon to {horizon} past its last contact {contact:?}",
+                self.seed
+            );
             if purged > 0 {
                 self.note(format!("purge {n}: {purged}"));
             }
