@@ -202,6 +202,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         driver: driver.clone(),
         serve_stale: config.serve_stale,
         peer_auth: Arc::new(peer_auth),
+        peer_slots: Arc::new(tokio::sync::Semaphore::new(http::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::new(Throttle::default()),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();

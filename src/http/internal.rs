@@ -37,6 +37,9 @@ pub struct Sender(pub Option<uuid::Uuid>);
 /// (already capped by the route's body limit) to check its hash, refuses a bad, stale
 /// or replayed signature with 401, and signs the reply.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_turn) = state.peer_slots.acquire().await else {
+        return ApiError::Internal("peer request limiter closed".into()).into_response();
+    };
     let (key, replays) = match &*state.peer_auth {
         PeerAuth::Open => {
             let claimed = request

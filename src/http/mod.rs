@@ -51,6 +51,8 @@ pub struct AppState {
     pub serve_stale: bool,
     /// Who may call `/internal/` (signed requests with a cluster key).
     pub peer_auth: Arc<PeerAuth>,
+    /// Peer requests in progress at once (see [`PEER_REQUESTS_AT_ONCE`]).
+    pub peer_slots: Arc<tokio::sync::Semaphore>,
     /// Repeated warnings (refused peers, say) are logged at most every few seconds.
     pub warnings: Arc<Throttle>,
 }
@@ -148,8 +150,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Peer batches are compressed and capped again when inflated (see `wire.rs`).
-const INTERNAL_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Peer batches are compressed and capped again when inflated (see `wire.rs`); a
+/// sender splits batches at 16 MiB of values, so 24 MiB leaves room for overhead.
+const INTERNAL_BODY_LIMIT: usize = 24 * 1024 * 1024;
+
+/// Peer requests in progress at once; more wait. With [`INTERNAL_BODY_LIMIT`] this
+/// bounds what unauthenticated senders can make a node buffer to ~200 MiB.
+pub const PEER_REQUESTS_AT_ONCE: usize = 8;
 
 /// Every route. A plain function of the state, so tests can call it without a socket.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -76,6 +76,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         driver,
         serve_stale,
         peer_auth: Arc::new(crate::auth::PeerAuth::Open),
+        peer_slots: Arc::new(tokio::sync::Semaphore::new(super::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::default(),
     };
     let app = router(state, max_body);
