@@ -8,6 +8,7 @@
 //! ./target/release/kvs-bench --records 1000000 scale   # footprint, restart, bootstrap
 //! ```
 
+mod attack;
 mod procs;
 mod proxy;
 mod repair;
@@ -38,6 +39,9 @@ enum Scenario {
     /// of a new node (one load serves the three)
     #[value(alias = "footprint", alias = "restart", alias = "bootstrap")]
     Scale,
+    /// One node with a cluster key: honest latency alone and while attackers hold idle
+    /// sockets and send unsigned peer requests and forged gossip
+    Attack,
     /// All of the above
     All,
 }
@@ -116,6 +120,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::MerkleCost,
             Scenario::Propagation,
             Scenario::Scale,
+            Scenario::Attack,
         ];
     }
     scenarios.dedup();
@@ -140,6 +145,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Propagation => scenarios::propagation(&settings, &http).await,
                 Scenario::Repair => repair::repair(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
+                Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),
             }
             .with_context(|| format!("{name}, run {run}"))?;

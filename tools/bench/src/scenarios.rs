@@ -21,7 +21,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[at].as_secs_f64() * 1000.0
 }
 
-fn latency_figures(prefix: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Vec<Figure> {
+pub fn latency_figures(
+    prefix: &str,
+    mut latencies: Vec<Duration>,
+    elapsed: Duration,
+) -> Vec<Figure> {
     latencies.sort();
     vec![
         Figure::new(
@@ -106,7 +110,7 @@ where
 }
 
 /// Durable creates on `node` from `clients` loops for `seconds`.
-async fn create_load(
+pub async fn create_load(
     settings: &Settings,
     http: &reqwest::Client,
     node: &Proc,
