@@ -160,11 +160,7 @@ impl ClusterKey {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Signed, AuthError> {
-        let signed = parse(header.ok_or(AuthError::Missing)?)?;
-        let skew_ms = now_ms.abs_diff(signed.ts_ms);
-        if skew_ms > WINDOW_MS {
-            return Err(AuthError::OutsideWindow { skew_ms });
-        }
+        let signed = precheck(header, now_ms)?;
         let expected =
             self.request_mac(method, path_and_query, signed.ts_ms, signed.nonce, signed.from, body);
         // blake3::Hash's == is constant-time.
@@ -202,6 +198,17 @@ impl ClusterKey {
             Err(AuthError::BadMac)
         }
     }
+}
+
+/// What can be checked before the body is read: the header is there, parses, and its
+/// timestamp is within the window. Lets a node refuse junk without buffering its body.
+pub fn precheck(header: Option<&str>, now_ms: u64) -> Result<Signed, AuthError> {
+    let signed = parse(header.ok_or(AuthError::Missing)?)?;
+    let skew_ms = now_ms.abs_diff(signed.ts_ms);
+    if skew_ms > WINDOW_MS {
+        return Err(AuthError::OutsideWindow { skew_ms });
+    }
+    Ok(signed)
 }
 
 fn parse(header: &str) -> Result<Signed, AuthError> {

@@ -55,6 +55,10 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         PeerAuth::Signed { key, replays } => (key, replays),
     };
     let (parts, body) = request.into_parts();
+    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
+    if let Err(error) = crate::auth::precheck(header, state.cluster.now_ms()) {
+        return refuse(&state, parts.uri.path(), &error);
+    }
     let Ok(body) = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT).await else {
         return ApiError::PayloadTooLarge(format!(
             "peer bodies are limited to {INTERNAL_BODY_LIMIT} bytes"
@@ -62,19 +66,13 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         .into_response();
     };
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
     let now = state.cluster.now_ms();
     let verified = key
         .verify_request(parts.method.as_str(), path, header, &body, now)
         .and_then(|signed| replays.accept(&signed, now).map(|()| signed));
     let signed = match verified {
         Ok(signed) => signed,
-        Err(error) => {
-            state.warnings.warn("peer-auth", |held_back| {
-                tracing::warn!(path = %parts.uri.path(), %error, held_back, "refused a peer request")
-            });
-            return ApiError::Unauthorized.into_response();
-        }
+        Err(error) => return refuse(&state, parts.uri.path(), &error),
     };
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(Sender(Some(signed.from)));
@@ -86,6 +84,15 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     let value = HeaderValue::from_str(&signature).expect("hex is a valid header value");
     parts.headers.insert(REPLY_SIGNATURE_HEADER, value);
     Response::from_parts(parts, Body::from(body))
+}
+
+/// 401 for a peer request that failed authentication, logged (throttled) with why.
+fn refuse(state: &AppState, path: &str, error: &crate::auth::AuthError) -> Response {
+    state.warnings.warn(
+        "peer-auth",
+        |held_back| tracing::warn!(%path, %error, held_back, "refused a peer request"),
+    );
+    ApiError::Unauthorized.into_response()
 }
 
 impl From<ReceiveError> for ApiError {

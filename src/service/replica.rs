@@ -111,7 +111,10 @@ impl ReplicaService {
     fn may_purge(&self) -> Result<bool, ServiceError> {
         Ok(match self.store.last_contact()? {
             Some(last) => self.now_ms().saturating_sub(last) <= self.ttl.tombstone_ttl_ms,
-            None => !self.ttl.seeded,
+            // Never synced: only a node that is the whole cluster (no seeds, and no peer
+            // has ever called it) may purge; one that peers joined could lack their
+            // writes, and its horizon would make them drop those.
+            None => !self.ttl.seeded && !self.store.peer_seen()?,
         })
     }
 
@@ -130,6 +133,11 @@ impl ReplicaService {
     }
 
     /// Notes a completed sync round with a peer (see [`SyncState`]).
+    /// A peer called us: from now on we purge only while in contact.
+    pub fn note_peer(&self) -> Result<(), ServiceError> {
+        Ok(self.store.set_peer_seen()?)
+    }
+
     pub fn note_contact(&self) -> Result<(), ServiceError> {
         Ok(self.store.set_last_contact(self.now_ms())?)
     }

@@ -9,6 +9,7 @@ pub(super) const META_JOINED_AT: &str = "joined_at";
 const META_LAST_CONTACT: &str = "last_contact";
 const META_PURGE_HORIZON: &str = "purge_horizon";
 const META_REBASING: &str = "rebasing";
+const META_PEER_SEEN: &str = "peer_seen";
 
 impl Store {
     /// When this node last completed a sync with a peer (ms), if ever.
@@ -55,6 +56,20 @@ impl Store {
     /// Whether a rebase round (see `sync`) was under way when the node last stopped.
     pub fn rebasing(&self) -> Result<bool, StoreError> {
         Ok(self.inner.meta.get(META_REBASING)?.is_some())
+    }
+
+    /// Whether a peer has ever called this node (then it is no longer a cluster of one).
+    pub fn peer_seen(&self) -> Result<bool, StoreError> {
+        Ok(self.inner.meta.get(META_PEER_SEEN)?.is_some())
+    }
+
+    /// Records, durably, that a peer has called this node.
+    pub fn set_peer_seen(&self) -> Result<(), StoreError> {
+        if !self.peer_seen()? {
+            self.inner.meta.insert(META_PEER_SEEN, &[1])?;
+            self.inner.db.flush()?;
+        }
+        Ok(())
     }
 
     /// Records that a rebase is under way (`true`) or done, durably before returning.

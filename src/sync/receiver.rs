@@ -17,11 +17,6 @@ pub enum ReceiveError {
     Service(#[from] ServiceError),
 }
 
-/// Heavy peer work (reconcile answers, batch decompression) at once, per process: a
-/// burst of peer requests queues here instead of taking every blocking thread and
-/// `2 × MAX_BATCH_BYTES` of memory apiece.
-static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
 fn bad(what: &'static str, error: impl std::fmt::Display) -> ReceiveError {
     ReceiveError::Bad { what, reason: error.to_string() }
 }
@@ -29,6 +24,7 @@ fn bad(what: &'static str, error: impl std::fmt::Display) -> ReceiveError {
 /// Our root, purge horizon and last contact; and level 2 when the asker's root differs.
 pub fn root(replica: &ReplicaService, body: &[u8]) -> Result<Vec<u8>, ReceiveError> {
     let request = RootRequest::decode(body).map_err(|e| bad("root request", e))?;
+    replica.note_peer()?;
     let sync = replica.sync_state()?;
     let root = replica.root();
     let top = if root == request.root {
@@ -50,7 +46,6 @@ pub fn nodes(replica: &ReplicaService, body: &[u8]) -> Result<Vec<u8>, ReceiveEr
 
 pub async fn reconcile(replica: &ReplicaService, body: Vec<u8>) -> Result<Vec<u8>, ReceiveError> {
     let replica = replica.clone();
-    let _turn = HEAVY.acquire().await.map_err(|_| ServiceError::Interrupted)?;
     let answered = tokio::task::spawn_blocking(move || {
         let request = ReconcileRequest::decode(&body).map_err(|e| bad("reconcile request", e))?;
         Ok::<_, ReceiveError>(replica.reconcile(&request)?.encode())
@@ -61,9 +56,8 @@ pub async fn reconcile(replica: &ReplicaService, body: Vec<u8>) -> Result<Vec<u8
 
 /// Decompresses (on the blocking pool) and merges a record batch.
 pub async fn records(replica: &ReplicaService, body: Vec<u8>) -> Result<MergeReport, ReceiveError> {
-    let turn = HEAVY.acquire().await.map_err(|_| ServiceError::Interrupted)?;
+    replica.note_peer()?;
     let decoded = tokio::task::spawn_blocking(move || wire::decompress_batch(&body)).await;
-    drop(turn);
     let records =
         decoded.map_err(|_| ServiceError::Interrupted)?.map_err(|e| bad("record batch", e))?;
     replica.merge(records).await.map_err(|error| match error {
