@@ -437,13 +437,16 @@ impl Sim {
 
     fn purge(&mut self, n: usize) {
         if let Some(up) = self.nodes[n].up.as_ref() {
+            let before = up.store.purge_horizon().unwrap();
+            let alone = !self.nodes[n].seeded && !up.store.peer_seen().unwrap();
             let purged = up.services.replica.purge_expired(10_000).unwrap();
-            // A node with seeds purges only while in contact: its horizon never passes
-            // its last completed round (a never-synced one keeps horizon 0).
+            // A node purges only while in contact: a pass never moves its horizon past
+            // its last completed round (a never-synced one keeps it where it was) —
+            // unless it has no seeds and no peer has ever called it (the whole cluster).
             let horizon = up.store.purge_horizon().unwrap();
             let contact = up.store.last_contact().unwrap();
             assert!(
-                !self.nodes[n].seeded || horizon <= contact.unwrap_or(0),
+                alone || horizon == before || horizon <= contact.unwrap_or(0),
                 "seed {}: node {n} raised its purge horizon to {horizon} past its last contact {contact:?}",
                 self.seed
             );
