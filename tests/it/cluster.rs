@@ -187,6 +187,8 @@ async fn a_partition_with_writes_on_both_sides_heals_to_equal_roots() {
         }
     }
     // The same document written on both sides: the later write must win everywhere.
+    // "Later" by the clock: two writes within one millisecond on different nodes are
+    // ordered by their HLC counters, so wait for the clock to pass the first one's.
     for (member, value) in [(&a, "1"), (&c, "2")] {
         let reply = http
             .put(format!("{}/kv/contested", member.base))
@@ -196,6 +198,16 @@ async fn a_partition_with_writes_on_both_sides_heals_to_equal_roots() {
             .await
             .unwrap();
         assert!(reply.status().is_success());
+        let etag = reply.headers()["etag"].to_str().unwrap().to_owned();
+        let millis: u64 = etag.trim_matches('"').split(':').next().unwrap().parse().unwrap();
+        eventually("the clock to pass the write", CONVERGE, || async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            (now > millis).then_some(())
+        })
+        .await;
     }
     assert_ne!(info(&http, &a).await["merkle_root"], info(&http, &b).await["merkle_root"]);
     for member in [&a, &b, &c] {
