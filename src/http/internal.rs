@@ -33,9 +33,10 @@ fn bad_peer_body(what: &str, error: impl std::fmt::Display) -> ApiError {
 #[derive(Clone, Copy, Debug)]
 pub struct Sender(pub Option<uuid::Uuid>);
 
-/// Lets through what the node's [`PeerAuth`] allows. Signed mode reads the whole body
-/// (already capped by the route's body limit) to check its hash, refuses a bad, stale
-/// or replayed signature with 401, and signs the reply.
+/// Lets through what the node's [`PeerAuth`] allows. Signed mode refuses a missing,
+/// malformed or stale signature header before reading the body; then reads the whole
+/// body (capped by the route's body limit) to check the MAC over its hash, refuses a
+/// bad or replayed signature with 401, and signs the reply.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(_turn) = state.peer_slots.acquire().await else {
         return ApiError::Internal("peer request limiter closed".into()).into_response();
@@ -56,9 +57,11 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     };
     let (parts, body) = request.into_parts();
     let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
-    if let Err(error) = crate::auth::precheck(header, state.cluster.now_ms()) {
-        return refuse(&state, parts.uri.path(), &error);
-    }
+    let now = state.cluster.now_ms();
+    let signed = match crate::auth::precheck(header, now) {
+        Ok(signed) => signed,
+        Err(error) => return refuse(&state, parts.uri.path(), &error),
+    };
     let Ok(body) = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT).await else {
         return ApiError::PayloadTooLarge(format!(
             "peer bodies are limited to {INTERNAL_BODY_LIMIT} bytes"
@@ -66,14 +69,12 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         .into_response();
     };
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let now = state.cluster.now_ms();
     let verified = key
-        .verify_request(parts.method.as_str(), path, header, &body, now)
-        .and_then(|signed| replays.accept(&signed, now).map(|()| signed));
-    let signed = match verified {
-        Ok(signed) => signed,
-        Err(error) => return refuse(&state, parts.uri.path(), &error),
-    };
+        .check_mac(&signed, parts.method.as_str(), path, &body)
+        .and_then(|()| replays.accept(&signed, now));
+    if let Err(error) = verified {
+        return refuse(&state, parts.uri.path(), &error);
+    }
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(Sender(Some(signed.from)));
     let (mut parts, body) = next.run(request).await.into_parts();

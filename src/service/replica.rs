@@ -210,10 +210,6 @@ impl ReplicaService {
         Ok(self.store.records_in_segments(segments)?)
     }
 
-    pub fn records_in(&self, segments: &[u16]) -> Result<Vec<(Key, Record)>, ServiceError> {
-        Ok(self.store.records_in_segments(segments)?.into_iter().flatten().collect())
-    }
-
     /// Answers a peer's reconcile request: our records in its segments that it did not
     /// fingerprint, and the positions of its fingerprints we do not hold. Stops after the
     /// segment that brings the reply past [`RECONCILE_REPLY_RECORDS`]. Blocking.

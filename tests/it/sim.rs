@@ -382,6 +382,13 @@ impl Sim {
         }
     }
 
+    /// A round from node `n` with another node picked at random.
+    async fn round_with_another(&mut self, n: usize) {
+        let count = self.nodes.len();
+        let to = (n + self.rng.random_range(1..count)) % count;
+        self.round(n, to).await;
+    }
+
     async fn round(&mut self, from: usize, to: usize) -> bool {
         let (Some(up), Some(target)) = (self.nodes[from].up.as_ref(), self.nodes[to].up.as_ref())
         else {
@@ -488,8 +495,7 @@ impl Sim {
         match self.rng.random_range(0..100) {
             0..=39 => self.write(n).await,
             40..=69 => {
-                let to = (n + self.rng.random_range(1..count)) % count;
-                self.round(n, to).await;
+                self.round_with_another(n).await;
             }
             70..=77 => self.purge(n),
             78..=89 => {
@@ -542,8 +548,7 @@ impl Sim {
         match self.rng.random_range(0..10) {
             0..=3 => self.write(n).await,
             4..=6 => {
-                let to = (n + self.rng.random_range(1..count)) % count;
-                self.round(n, to).await;
+                self.round_with_another(n).await;
             }
             7 => self.purge(n),
             _ => {
