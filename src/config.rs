@@ -204,8 +204,15 @@ impl Config {
             };
         let max_body_bytes =
             args.max_body_bytes.or(http.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
+        if max_body_bytes == 0 || max_body_bytes > crate::wire::MAX_PUBLIC_BODY_BYTES {
+            return Err(invalid(
+                "http.max_body_bytes",
+                format!(
+                    "must be between 1 and {} (peers refuse records larger than {} bytes)",
+                    crate::wire::MAX_PUBLIC_BODY_BYTES,
+                    crate::wire::MAX_RECORD_BYTES
+                ),
+            ));
         }
         let max_connections = args.max_connections.or(http.max_connections).unwrap_or(4_096);
         if max_connections == 0 {
@@ -422,6 +429,8 @@ mod tests {
             ("node:\n  listen: nowhere\n", "node.listen"),
             ("cluster:\n  seeds: [\"no-port\"]\n", "cluster.seeds"),
             ("cluster:\n  join_timeout: 0s\n", "cluster.join_timeout"),
+            ("http:\n  max_body_bytes: 0\n", "http.max_body_bytes"),
+            ("http:\n  max_body_bytes: 16777216\n", "http.max_body_bytes"),
             ("node:\n  listen: 0.0.0.0:80\ncluster:\n  seeds: [\"a:1\"]\n", "node.advertise"),
         ] {
             let error = Config::from_yaml(yaml).unwrap_err().to_string();

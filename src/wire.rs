@@ -43,8 +43,12 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Senders split record batches at about this many bytes of values (see [`batches`]),
 /// well below [`MAX_BATCH_BYTES`] whatever the per-record overhead.
 pub const SEND_BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// A single record may not exceed this (the HTTP body limit is smaller).
+/// A single record may not exceed this; a peer batch holding a larger one is refused.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+/// The largest public body limit a node may be configured with: 1 MiB below
+/// [`MAX_RECORD_BYTES`] leaves room for a record's key, version and framing, so whatever
+/// a client may write on any node, every peer accepts as a record.
+pub const MAX_PUBLIC_BODY_BYTES: usize = MAX_RECORD_BYTES - 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {

@@ -33,45 +33,62 @@ fn bad_peer_body(what: &str, error: impl std::fmt::Display) -> ApiError {
 #[derive(Clone, Copy, Debug)]
 pub struct Sender(pub Option<uuid::Uuid>);
 
-/// Lets through what the node's [`PeerAuth`] allows. Signed mode refuses a missing,
-/// malformed or stale signature header before reading the body; then reads the whole
-/// body (capped by the route's body limit) to check the MAC over its hash, refuses a
-/// bad or replayed signature with 401, and signs the reply.
+/// Lets through what the node's [`PeerAuth`] allows. A body announced larger than
+/// [`INTERNAL_BODY_LIMIT`] is refused with 413 before anything else. Signed mode refuses
+/// a missing, malformed or stale signature header with 401 before reading the body or
+/// taking a peer slot; then reads the whole body to check the MAC over its hash, refuses
+/// a bad or replayed signature with 401, and signs the reply. In every mode at most
+/// [`super::PEER_REQUESTS_AT_ONCE`] bodies are read and handled at once, and a body not
+/// received within [`super::REQUEST_TIMEOUT`] answers 408, so stalled uploads cannot
+/// hold the peer slots.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > INTERNAL_BODY_LIMIT as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let signed = match &*state.peer_auth {
+        PeerAuth::Closed => return ApiError::PeersClosed.into_response(),
+        PeerAuth::Open => None,
+        PeerAuth::Signed { key, replays } => {
+            let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
+            match crate::auth::precheck(header, state.cluster.now_ms()) {
+                Ok(signed) => Some((key, replays, signed)),
+                Err(error) => return refuse(&state, parts.uri.path(), &error),
+            }
+        }
+    };
     let Ok(_turn) = state.peer_slots.acquire().await else {
         return ApiError::Internal("peer request limiter closed".into()).into_response();
     };
-    let (key, replays) = match &*state.peer_auth {
-        PeerAuth::Open => {
-            let claimed = request
-                .headers()
-                .get(FROM_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|text| uuid::Uuid::try_parse(text).ok());
-            let mut request = request;
-            request.extensions_mut().insert(Sender(claimed));
-            return next.run(request).await;
-        }
-        PeerAuth::Closed => return ApiError::PeersClosed.into_response(),
-        PeerAuth::Signed { key, replays } => (key, replays),
+    let body = match tokio::time::timeout(
+        super::REQUEST_TIMEOUT,
+        axum::body::to_bytes(body, INTERNAL_BODY_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => return ApiError::RequestTimeout.into_response(),
     };
-    let (parts, body) = request.into_parts();
-    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
-    let now = state.cluster.now_ms();
-    let signed = match crate::auth::precheck(header, now) {
-        Ok(signed) => signed,
-        Err(error) => return refuse(&state, parts.uri.path(), &error),
-    };
-    let Ok(body) = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT).await else {
-        return ApiError::PayloadTooLarge(format!(
-            "peer bodies are limited to {INTERNAL_BODY_LIMIT} bytes"
-        ))
-        .into_response();
+    let Some((key, replays, signed)) = signed else {
+        let claimed = parts
+            .headers
+            .get(FROM_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| uuid::Uuid::try_parse(text).ok());
+        let mut request = Request::from_parts(parts, Body::from(body));
+        request.extensions_mut().insert(Sender(claimed));
+        return next.run(request).await;
     };
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let verified = key
         .check_mac(&signed, parts.method.as_str(), path, &body)
-        .and_then(|()| replays.accept(&signed, now));
+        .and_then(|()| replays.accept(&signed, state.cluster.now_ms()));
     if let Err(error) = verified {
         return refuse(&state, parts.uri.path(), &error);
     }
@@ -85,6 +102,11 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     let value = HeaderValue::from_str(&signature).expect("hex is a valid header value");
     parts.headers.insert(REPLY_SIGNATURE_HEADER, value);
     Response::from_parts(parts, Body::from(body))
+}
+
+fn too_large() -> Response {
+    ApiError::PayloadTooLarge(format!("peer bodies are limited to {INTERNAL_BODY_LIMIT} bytes"))
+        .into_response()
 }
 
 /// 401 for a peer request that failed authentication, logged (throttled) with why.
