@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// Directory of this node's database [default: ./kvs-data]
     #[arg(long = "data-dir", visible_alias = "db", env = "KVS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Bytes kept in a reserve file in the data directory and given back when the disk
+    /// fills, so the node can reopen its store and serve reads (0 for none)
+    /// [default: 33554432]
+    #[arg(long, env = "KVS_RESERVE_BYTES", value_name = "BYTES")]
+    pub reserve_bytes: Option<u64>,
     /// Human-readable node name [default: node-<first 8 hex digits of the node id>]
     #[arg(long, env = "KVS_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,

@@ -15,6 +15,7 @@ use crate::cli::{LogFormat, ServeArgs};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kvs-data";
+pub const DEFAULT_RESERVE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct Config {
     /// Where peers reach this node; `None` means the address actually bound.
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
+    /// Bytes of the reserve file given back when the disk fills (0 for none).
+    pub reserve_bytes: u64,
     pub seeds: Vec<String>,
     /// The 32-byte cluster key, when one is configured.
     pub cluster_key: Option<Secret>,
@@ -88,6 +91,7 @@ struct NodeSection {
     advertise: Option<String>,
     port: Option<u16>,
     data_dir: Option<PathBuf>,
+    reserve_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +227,10 @@ impl Config {
             listen,
             advertise,
             data_dir: args.data_dir.clone().or(node.data_dir).unwrap_or(DEFAULT_DATA_DIR.into()),
+            reserve_bytes: args
+                .reserve_bytes
+                .or(node.reserve_bytes)
+                .unwrap_or(DEFAULT_RESERVE_BYTES),
             seeds,
             cluster_key,
             insecure,

@@ -105,8 +105,11 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
 
     let dir = config.data_dir.clone();
     let now_ms = options.physical_clock.now_ms();
-    let merkle_upkeep = config.merkle_upkeep;
-    let open = move || Store::open_with(&dir, now_ms, merkle_upkeep);
+    let open_options = crate::store::OpenOptions {
+        merkle_upkeep: config.merkle_upkeep,
+        reserve_bytes: config.reserve_bytes,
+    };
+    let open = move || Store::open_with(&dir, now_ms, open_options);
     let store = tokio::task::spawn_blocking(open).await?.map_err(|source| DaemonError::Open {
         dir: config.data_dir.display().to_string(),
         source,
@@ -289,6 +292,15 @@ impl Node {
         if store.handle_count() > 1 {
             tracing::warn!(handles = store.handle_count(), "store still in use at shutdown");
         }
-        tokio::task::spawn_blocking(move || store.close()).await?.map_err(DaemonError::Close)
+        let close = tokio::task::spawn_blocking(move || store.close());
+        match tokio::time::timeout(SHUTDOWN_GRACE, close).await {
+            Ok(closed) => closed?.map_err(DaemonError::Close),
+            Err(_) => {
+                tracing::error!(
+                    "the store did not close within {SHUTDOWN_GRACE:?}; exiting anyway"
+                );
+                Ok(())
+            }
+        }
     }
 }

@@ -54,7 +54,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, shutdown_signal())) {
+    let outcome = runtime.block_on(daemon::run(config, shutdown_signal()));
+    // A blocking task stuck on a failing disk must not hold the exit (shutdown has
+    // already waited for what it could).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "kvs stopped");

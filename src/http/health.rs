@@ -60,6 +60,40 @@ pub struct Info {
     pub furthest_refused_ahead_ms: u64,
     /// Which protections are on (never a secret).
     pub security: Security,
+    /// Whether the store can make writes durable (a full disk or failing I/O says no).
+    pub storage: Storage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Storage {
+    /// False while the disk is full or failing: writes answer 507 or 503.
+    pub writable: bool,
+    /// `disk_full` or `io`, while not writable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
+    /// The error that began the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the fault began (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// False only in the moment between a fault and the store reopening on durable data.
+    pub reads_durable: bool,
+    /// Whether the reserve file (given back when the disk fills) is in place.
+    pub reserve_held: bool,
+}
+
+impl From<crate::store::StorageStatus> for Storage {
+    fn from(status: crate::store::StorageStatus) -> Self {
+        Storage {
+            writable: status.writable,
+            fault: status.fault.map(|kind| kind.as_str()),
+            reason: status.reason,
+            since: status.since_ms.map(rfc3339),
+            reads_durable: status.reads_durable,
+            reserve_held: status.reserve_held,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,9 +122,19 @@ pub async fn live() -> Json<Live> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let readiness = state.services.readiness.current();
-    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let reason = (!readiness.ready).then_some(readiness.reason);
-    (status, Json(Ready { ready: readiness.ready, reason })).into_response()
+    let storage = state.services.storage();
+    let ready = readiness.ready && storage.writable;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let reason = match (readiness.ready, storage.writable) {
+        (false, _) => Some(readiness.reason.to_string()),
+        (true, false) => Some(format!(
+            "storage is not writable ({}): {}",
+            storage.fault.map_or("io", |kind| kind.as_str()),
+            storage.reason.unwrap_or_default()
+        )),
+        (true, true) => None,
+    };
+    (status, Json(Ready { ready, reason })).into_response()
 }
 
 /// What this node holds and whom it knows.
@@ -121,7 +165,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         node_id: node.id.to_string(),
         node_name: node.name.clone(),
-        ready: readiness.ready,
+        ready: readiness.ready && data.storage.writable,
         cluster_mode: if readiness.standalone { "standalone" } else { "cluster" },
         merkle_root: merkle::hex(&data.merkle_root),
         todo_count: data.counts.todos,
@@ -135,5 +179,6 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             tls: false,
             client_auth: false,
         },
+        storage: data.storage.into(),
     })
 }

@@ -50,6 +50,10 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     if announced.is_some_and(|length| length > INTERNAL_BODY_LIMIT as u64) {
         return too_large();
     }
+    if request.uri().path() != "/internal/v1/gossip" && !state.services.replica.writable() {
+        // Merging needs a writable store; the peer retries on its next round.
+        return ApiError::StorageUnavailable.into_response();
+    }
     let (parts, body) = request.into_parts();
     let signed = match &*state.peer_auth {
         PeerAuth::Closed => return ApiError::PeersClosed.into_response(),

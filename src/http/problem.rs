@@ -35,6 +35,8 @@ pub enum ApiError {
     Starting,
     /// The disk is full: the write was refused and nothing changed.
     StorageFull,
+    /// The store cannot write (failing I/O) or is reopening after a fault.
+    StorageUnavailable,
     /// A peer this node called on the client's behalf failed (the detail names it).
     BadGateway(String),
     /// Anything else; the detail goes to the log only.
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::PeersClosed => StatusCode::FORBIDDEN,
             ApiError::NotReady | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,7 +111,12 @@ impl ApiError {
             ApiError::NotReady => {
                 "the node has not finished joining and syncing; retry shortly".into()
             }
-            ApiError::StorageFull => "the node's disk is full; nothing was written".into(),
+            ApiError::StorageFull => "the node's disk is full: this write was not kept; \
+                 reads still work, and writes resume by themselves once there is room"
+                .into(),
+            ApiError::StorageUnavailable => "the node's storage is failing or reopening: \
+                 this request was not carried out; retry shortly"
+                .into(),
             ApiError::Starting => "the node is opening its data directory; retry shortly".into(),
             ApiError::Internal(_) => "internal error; see the node's log".into(),
         }
@@ -136,6 +144,7 @@ impl From<ServiceError> for ApiError {
                 ApiError::Validation { field: field.field, message: field.message }
             }
             ServiceError::Store(error) if error.is_storage_full() => ApiError::StorageFull,
+            ServiceError::Store(error) if error.fault().is_some() => ApiError::StorageUnavailable,
             ServiceError::Store(error) => ApiError::Internal(error.to_string()),
             ServiceError::Interrupted => ApiError::Internal("interrupted".into()),
         }
@@ -167,7 +176,13 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if matches!(self, ApiError::NotReady | ApiError::Starting) {
+        if matches!(
+            self,
+            ApiError::NotReady
+                | ApiError::Starting
+                | ApiError::StorageUnavailable
+                | ApiError::StorageFull
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -131,7 +131,7 @@ fn live(record: Option<Record>) -> Option<Record> {
 }
 
 /// What a node says about its data.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DataStatus {
     pub merkle_root: Hash,
     pub counts: Counts,
@@ -139,6 +139,8 @@ pub struct DataStatus {
     pub refused_timestamps: u64,
     /// The furthest ahead (ms) a refused timestamp was.
     pub furthest_refused_ms: u64,
+    /// Whether the store accepts writes (see `store::fault`).
+    pub storage: crate::store::StorageStatus,
 }
 
 /// Everything the HTTP layer may call.
@@ -171,12 +173,18 @@ impl Services {
         }
     }
 
+    /// Whether the store accepts writes, and why not.
+    pub fn storage(&self) -> crate::store::StorageStatus {
+        self.store.storage_status()
+    }
+
     pub fn status(&self) -> DataStatus {
         DataStatus {
             merkle_root: self.store.merkle_root(),
             counts: self.store.counts(),
             refused_timestamps: self.clock.refused_observations(),
             furthest_refused_ms: self.clock.furthest_refused_ms(),
+            storage: self.store.storage_status(),
         }
     }
 }

@@ -180,6 +180,12 @@ impl ReplicaService {
         Ok(dropped)
     }
 
+    /// Whether the store accepts writes: sync waits (and peers are told to retry) while
+    /// it does not, rather than having batches half-applied.
+    pub fn writable(&self) -> bool {
+        self.store.writable()
+    }
+
     pub fn root(&self) -> Hash {
         self.store.merkle_root()
     }

@@ -4,24 +4,28 @@
 //! shared/DEPENDENCIES.md), and a flush per write caps throughput at a few thousand per
 //! second. Instead each apply takes a sequence number, pokes this thread, and awaits the
 //! first flush that started after its apply: one fsync covers every write before it.
+//!
+//! The same thread drives recovery from a storage fault (`fault.rs`): while the store
+//! is faulted it tries once a second instead of flushing, so a failing disk costs one
+//! attempt a second, not a busy loop.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::StoreError;
+use super::fault::{FaultKind, RETRY};
+use super::{Inner, StoreError};
 
-/// What the committer has made durable.
+/// What the committer has made durable, and what was lost to a fault.
 #[derive(Clone, Debug, Default)]
 struct FlushState {
-    /// Every apply with a sequence number up to this one is on disk.
+    /// Every apply with a sequence number up to this one is on disk (unless lost).
     flushed: u64,
-    /// The last flush failed: applies up to `.0` may not be durable; `.1` says why.
-    failed: Option<(u64, Arc<str>)>,
+    /// Applies in `(from, to]` were not made durable and were rolled back; their
+    /// writers are told so, whatever later flushes cover.
+    lost: Vec<(u64, u64, FaultKind, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -31,10 +35,6 @@ struct Signal {
 }
 
 struct Shared {
-    db: sled::Db,
-    /// The data file, for an `fdatasync` after sled's flush: sled 0.34 uses
-    /// `sync_file_range`, which does not survive power loss on Linux.
-    data_file: Option<File>,
     applied: AtomicU64,
     signal: Mutex<Signal>,
     wake: Condvar,
@@ -47,20 +47,25 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn start(db: sled::Db, data_file: Option<File>) -> std::io::Result<Committer> {
+    pub(super) fn new() -> Committer {
         let (state, _) = watch::channel(FlushState::default());
         let shared = Arc::new(Shared {
-            db,
-            data_file,
             applied: AtomicU64::new(0),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
             state,
         });
-        let runner = shared.clone();
-        let thread =
-            std::thread::Builder::new().name("kvs-committer".into()).spawn(move || runner.run())?;
-        Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
+        Committer { shared, thread: Mutex::new(None) }
+    }
+
+    /// Starts the thread; it holds the store only while it flushes or recovers.
+    pub(super) fn spawn(&self, store: Weak<Inner>) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("kvs-committer".into())
+            .spawn(move || run(&shared, &store))?;
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(())
     }
 
     /// Records that one more apply has reached sled and returns its sequence number.
@@ -82,23 +87,34 @@ impl Committer {
         self.shared.wake.notify_one();
     }
 
-    /// Resolves once the apply numbered `seq` is on disk, or fails with the flush error.
+    /// Marks every apply after the last flush, up to the latest, as lost to a fault
+    /// (call with the write lock held, right after the store faulted).
+    pub(super) fn lose_unflushed(&self, kind: FaultKind, reason: &str) {
+        let upto = self.last_applied();
+        self.shared.state.send_modify(|s| {
+            if upto > s.flushed && !s.lost.iter().any(|lost| lost.1 >= upto) {
+                s.lost.push((s.flushed, upto, kind, reason.into()));
+            }
+        });
+    }
+
+    /// Resolves once the apply numbered `seq` is on disk, or fails if it was lost.
     pub(super) async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
         let mut state = self.shared.state.subscribe();
         let reached = state
-            .wait_for(|s| {
-                s.flushed >= seq || s.failed.as_ref().is_some_and(|(upto, _)| *upto >= seq)
-            })
+            .wait_for(|s| s.flushed >= seq || s.lost.iter().any(|l| l.0 < seq && seq <= l.1))
             .await
             .map_err(|_| StoreError::Closed)?;
-        if reached.flushed >= seq {
-            return Ok(());
+        match reached.lost.iter().find(|l| l.0 < seq && seq <= l.1) {
+            Some((_, _, kind, reason)) => {
+                Err(StoreError::Unwritable { kind: *kind, reason: reason.to_string() })
+            }
+            None => Ok(()),
         }
-        let reason = reached.failed.as_ref().map(|(_, why)| why.to_string()).unwrap_or_default();
-        Err(StoreError::Flush(reason))
     }
 
-    /// Flushes whatever is pending and stops the thread. Idempotent.
+    /// Stops the thread (after a last flush if the store is healthy). Idempotent, and
+    /// never waits on the disk for longer than the flush in progress.
     pub(super) fn stop(&self) {
         {
             let mut signal = self.shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
@@ -107,6 +123,9 @@ impl Committer {
         }
         let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(thread) = thread {
+            if thread.thread().id() == std::thread::current().id() {
+                return; // the store's last handle was dropped by the committer itself
+            }
             if thread.join().is_err() {
                 tracing::error!("committer thread panicked");
             }
@@ -114,42 +133,49 @@ impl Committer {
     }
 }
 
-impl Shared {
-    fn run(&self) {
-        loop {
-            {
-                let mut signal = self.signal.lock().unwrap_or_else(PoisonError::into_inner);
+fn run(shared: &Shared, store: &Weak<Inner>) {
+    loop {
+        let healthy = store.upgrade().is_some_and(|inner| inner.health.is_healthy());
+        {
+            let mut signal = shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
+            if healthy {
                 while !signal.pending && !signal.stop {
-                    signal = self.wake.wait(signal).unwrap_or_else(PoisonError::into_inner);
+                    signal = shared.wake.wait(signal).unwrap_or_else(PoisonError::into_inner);
                 }
-                if !signal.pending {
-                    return;
-                }
-                signal.pending = false;
+            } else if !signal.stop {
+                signal = shared
+                    .wake
+                    .wait_timeout(signal, RETRY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
-            // Every apply numbered up to `target` finished before this flush starts.
-            let target = self.applied.load(Ordering::SeqCst);
-            match self.flush() {
-                Ok(()) => self.state.send_modify(|s| {
-                    s.flushed = s.flushed.max(target);
-                    s.failed = None;
-                }),
-                Err(error) => {
-                    tracing::error!(%error, "flush failed; writes are not acknowledged until one succeeds");
-                    self.state.send_modify(|s| s.failed = Some((target, error.to_string().into())));
-                    // Retry soon: the writers after this one still need a flush.
-                    std::thread::sleep(Duration::from_millis(50));
-                    self.signal.lock().unwrap_or_else(PoisonError::into_inner).pending = true;
+            if signal.stop {
+                if let Some(inner) = store.upgrade().filter(|inner| inner.health.is_healthy()) {
+                    flush(shared, &inner);
                 }
+                return;
             }
+            signal.pending = false;
+        }
+        let Some(inner) = store.upgrade() else { return };
+        if inner.health.is_healthy() {
+            flush(shared, &inner);
+        } else {
+            inner.recover();
         }
     }
+}
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(StoreError::from)?;
-        if let Some(file) = &self.data_file {
-            file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+/// One group flush: on success every apply up to the target is durable; on failure
+/// the store faults (and starts recovering at once).
+fn flush(shared: &Shared, inner: &Inner) {
+    // Every apply numbered up to `target` finished before this flush starts.
+    let target = shared.applied.load(Ordering::SeqCst);
+    match inner.flush_engine() {
+        Ok(()) => {
+            shared.state.send_modify(|s| s.flushed = s.flushed.max(target));
+            inner.forget_undo(target);
         }
-        Ok(())
+        Err(error) => inner.fault(&error),
     }
 }

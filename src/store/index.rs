@@ -135,11 +135,21 @@ impl Store {
         &self,
         after: Option<TodoCursor>,
     ) -> impl Iterator<Item = Result<(TodoCursor, Uuid, Record), StoreError>> + '_ {
-        let range = match after {
-            Some(cursor) => self.inner.indexes.todo_order.range(..cursor.to_vec()),
-            None => self.inner.indexes.todo_order.range::<Vec<u8>, _>(..),
+        let range = self.inner.engine().map(|engine| match after {
+            Some(cursor) => engine.indexes.todo_order.range(..cursor.to_vec()),
+            None => engine.indexes.todo_order.range::<Vec<u8>, _>(..),
+        });
+        let (range, unavailable) = match range {
+            Ok(range) => (Some(range), None),
+            Err(error) => (None, Some(Err(error))),
         };
-        range.rev().filter_map(move |entry| self.todo_at(entry).transpose())
+        unavailable.into_iter().chain(
+            range
+                .into_iter()
+                .flatten()
+                .rev()
+                .filter_map(move |entry| self.todo_at(entry).transpose()),
+        )
     }
 
     fn todo_at(
@@ -178,16 +188,24 @@ impl Store {
             _ => std::ops::Bound::Included(prefix.as_bytes().to_vec()),
         };
         let prefix = prefix.as_bytes().to_vec();
-        self.inner
-            .indexes
-            .doc_names
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(move |entry| {
-                entry.as_ref().map_or(true, |(path, _)| path.starts_with(&prefix))
-            })
-            .map(|entry| {
-                let (path, _) = entry?;
-                String::from_utf8(path.to_vec()).map_err(|_| StoreError::CorruptMeta("doc_names"))
-            })
+        let (range, unavailable) = match self.inner.engine() {
+            Ok(engine) => {
+                (Some(engine.indexes.doc_names.range((start, std::ops::Bound::Unbounded))), None)
+            }
+            Err(error) => (None, Some(Err(error))),
+        };
+        unavailable.into_iter().chain(
+            range
+                .into_iter()
+                .flatten()
+                .take_while(move |entry| {
+                    entry.as_ref().map_or(true, |(path, _)| path.starts_with(&prefix))
+                })
+                .map(|entry| {
+                    let (path, _) = entry?;
+                    String::from_utf8(path.to_vec())
+                        .map_err(|_| StoreError::CorruptMeta("doc_names"))
+                }),
+        )
     }
 }

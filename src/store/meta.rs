@@ -10,6 +10,8 @@ const META_LAST_CONTACT: &str = "last_contact";
 const META_PURGE_HORIZON: &str = "purge_horizon";
 const META_REBASING: &str = "rebasing";
 const META_PEER_SEEN: &str = "peer_seen";
+/// Written and flushed to learn whether a faulted store can write again.
+pub(super) const META_PROBE: &str = "probe";
 
 impl Store {
     /// When this node last completed a sync with a peer (ms), if ever.
@@ -18,7 +20,7 @@ impl Store {
     }
 
     fn meta_u64(&self, name: &'static str) -> Result<Option<u64>, StoreError> {
-        match self.inner.meta.get(name)? {
+        match self.inner.engine()?.meta.get(name)? {
             Some(bytes) => {
                 let bytes: [u8; 8] =
                     bytes.as_ref().try_into().map_err(|_| StoreError::CorruptMeta(name))?;
@@ -36,12 +38,13 @@ impl Store {
 
     /// Moves the purge horizon forward to `ms` (never back); returns whether it moved.
     pub fn raise_purge_horizon(&self, ms: u64) -> Result<bool, StoreError> {
-        let previous = self.inner.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
-            let current = current
-                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-                .map_or(0, u64::from_be_bytes);
-            Some(current.max(ms).to_be_bytes().to_vec())
-        })?;
+        let previous =
+            self.inner.engine()?.meta.fetch_and_update(META_PURGE_HORIZON, |current| {
+                let current = current
+                    .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some(current.max(ms).to_be_bytes().to_vec())
+            })?;
         let previous = previous
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
@@ -49,25 +52,25 @@ impl Store {
     }
 
     pub fn set_last_contact(&self, now_ms: u64) -> Result<(), StoreError> {
-        self.inner.meta.insert(META_LAST_CONTACT, &now_ms.to_be_bytes())?;
+        self.inner.engine()?.meta.insert(META_LAST_CONTACT, &now_ms.to_be_bytes())?;
         Ok(())
     }
 
     /// Whether a rebase round (see `sync`) was under way when the node last stopped.
     pub fn rebasing(&self) -> Result<bool, StoreError> {
-        Ok(self.inner.meta.get(META_REBASING)?.is_some())
+        Ok(self.inner.engine()?.meta.get(META_REBASING)?.is_some())
     }
 
     /// Whether a peer has ever called this node (then it is no longer a cluster of one).
     pub fn peer_seen(&self) -> Result<bool, StoreError> {
-        Ok(self.inner.meta.get(META_PEER_SEEN)?.is_some())
+        Ok(self.inner.engine()?.meta.get(META_PEER_SEEN)?.is_some())
     }
 
     /// Records, durably, that a peer has called this node.
     pub fn set_peer_seen(&self) -> Result<(), StoreError> {
         if !self.peer_seen()? {
-            self.inner.meta.insert(META_PEER_SEEN, &[1])?;
-            self.inner.db.flush()?;
+            self.inner.engine()?.meta.insert(META_PEER_SEEN, &[1])?;
+            self.inner.flush_engine()?;
         }
         Ok(())
     }
@@ -75,11 +78,11 @@ impl Store {
     /// Records that a rebase is under way (`true`) or done, durably before returning.
     pub fn set_rebasing(&self, rebasing: bool) -> Result<(), StoreError> {
         if rebasing {
-            self.inner.meta.insert(META_REBASING, &[1])?;
+            self.inner.engine()?.meta.insert(META_REBASING, &[1])?;
         } else {
-            self.inner.meta.remove(META_REBASING)?;
+            self.inner.engine()?.meta.remove(META_REBASING)?;
         }
-        self.inner.db.flush()?;
+        self.inner.flush_engine()?;
         Ok(())
     }
 }

@@ -22,17 +22,24 @@
 //! read-modify-write atomic. Reads do not take it.
 
 mod commit;
+mod fault;
 mod index;
 mod meta;
 mod open;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::model::{Key, Origin, Record, Timestamp, Version};
 use commit::Committer;
+pub use fault::{FaultKind, StorageStatus, RESERVE_FILE};
+use fault::{Health, Stage};
 use index::{IndexChange, Indexes};
+pub use open::OpenOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +47,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record {key} is unreadable: {source}")]
     Corrupt { key: String, source: CodecError },
+    #[error("a stored record key ({key:?}) is not a valid key")]
+    CorruptKey { key: String },
     #[error("stored metadata {0:?} is unreadable")]
     CorruptMeta(&'static str),
     #[error(
@@ -49,8 +58,14 @@ pub enum StoreError {
     Format { found: u8 },
     #[error("record for {key} holds an invalid todo: {reason}")]
     InvalidTodo { key: String, reason: String },
-    #[error("flushing to disk failed: {0}")]
-    Flush(String),
+    /// The store cannot make writes durable now (see `fault.rs`); nothing was kept.
+    #[error("the store refuses writes until its disk recovers ({kind:?}: {reason})")]
+    Unwritable { kind: FaultKind, reason: String },
+    /// The store is reopening after a fault; retry in a moment.
+    #[error("the store is reopening after a storage fault")]
+    Reopening,
+    #[error("sled's data file {path} was not found, so it cannot be fsynced: {source}")]
+    DataFile { path: String, source: std::io::Error },
     #[error("the store is closed")]
     Closed,
     #[error(
@@ -61,16 +76,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the disk is full: the write was refused and nothing changed.
-    pub fn is_storage_full(&self) -> bool {
-        let full = |text: &str| text.contains("No space left") || text.contains("StorageFull");
+    /// The kind of storage fault behind this error, if it is one: the disk is full, or
+    /// another I/O failure (by `io::ErrorKind`, never by message text).
+    pub fn fault(&self) -> Option<FaultKind> {
         match self {
-            StoreError::Sled(sled::Error::Io(io)) => {
-                io.kind() == std::io::ErrorKind::StorageFull || full(&io.to_string())
-            }
-            StoreError::Flush(reason) => full(reason),
-            _ => false,
+            StoreError::Sled(sled::Error::Io(io)) => Some(FaultKind::of(io.kind())),
+            StoreError::Unwritable { kind, .. } => Some(*kind),
+            StoreError::Reopening | StoreError::DataFile { .. } => Some(FaultKind::Io),
+            _ => None,
         }
+    }
+
+    /// True when the disk is full: the write was refused and nothing was kept.
+    pub fn is_storage_full(&self) -> bool {
+        self.fault() == Some(FaultKind::DiskFull)
     }
 }
 
@@ -108,16 +127,40 @@ pub struct Counts {
 struct WriteState {
     merkle: MerkleTree,
     counts: Counts,
+    /// Every apply not yet known durable, with the record it replaced: what a fault
+    /// rolls back, and what readers are served for those keys until it has.
+    undo: VecDeque<Undo>,
 }
 
-struct Inner {
+struct Undo {
+    seq: u64,
+    key: Key,
+    previous: Option<Record>,
+}
+
+/// One open sled handle and its trees. Replaced whole when the store reopens after a
+/// fault (sled's errors are sticky).
+struct Engine {
     db: sled::Db,
     records: sled::Tree,
     indexes: Indexes,
     meta: sled::Tree,
+    /// sled's data file, for an `fdatasync` after sled's flush: sled 0.34 uses
+    /// `sync_file_range`, which does not survive power loss on Linux.
+    data_file: File,
+}
+
+/// How long a caller waits for the store to reopen after a fault.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+struct Inner {
+    dir: PathBuf,
     identity: Origin,
     highest_ts_at_open: Timestamp,
+    /// `None` only while the store reopens after a fault.
+    engine: RwLock<Option<Arc<Engine>>>,
     write: Mutex<WriteState>,
+    health: Health,
     committer: Committer,
     /// False only for the `merkle-cost` benchmark: the tree is then left empty.
     merkle_upkeep: bool,
@@ -137,6 +180,180 @@ impl Inner {
             state.merkle.toggle(segment, &entry_of(key_bytes, record));
         }
     }
+
+    /// The current handle. While the store reopens after a fault (milliseconds on a
+    /// small store, about two seconds at a million records) callers wait up to
+    /// [`REOPEN_WAIT`], then get [`StoreError::Reopening`].
+    fn engine(&self) -> Result<Arc<Engine>, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(engine) = &*self.engine.read().unwrap_or_else(PoisonError::into_inner) {
+                return Ok(engine.clone());
+            }
+            if started.elapsed() >= REOPEN_WAIT {
+                return Err(StoreError::Reopening);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    fn lock_write(&self) -> MutexGuard<'_, WriteState> {
+        // A panic while holding the lock leaves at worst extra index entries (which readers
+        // skip) and a Merkle tree one apply behind the records until the next open; keep
+        // serving rather than refuse every write.
+        self.write.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses a write while the store is faulted (call with the write lock held).
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.health.is_healthy() {
+            return Ok(());
+        }
+        let (kind, reason) = self.health.refusal();
+        Err(StoreError::Unwritable { kind, reason })
+    }
+
+    /// sled's flush, then an `fdatasync` of its data file.
+    fn flush_engine(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        engine.db.flush()?;
+        engine.data_file.sync_data().map_err(sled::Error::Io)?;
+        Ok(())
+    }
+
+    /// Drops the undo entries of applies now durable.
+    fn forget_undo(&self, flushed: u64) {
+        let mut state = self.lock_write();
+        while state.undo.front().is_some_and(|undo| undo.seq <= flushed) {
+            state.undo.pop_front();
+        }
+    }
+
+    /// Faults the store after a storage error in an apply or a flush (see `fault.rs`)
+    /// and starts recovering at once. Errors that are not storage faults change nothing.
+    fn fault(&self, error: &StoreError) {
+        let Some(kind) = error.fault() else { return };
+        {
+            let _state = self.lock_write();
+            self.health.fault(kind, error.to_string());
+            let (kind, reason) = self.health.refusal();
+            self.committer.lose_unflushed(kind, &reason);
+        }
+        self.recover();
+    }
+
+    /// One recovery attempt (the committer calls it once a second while faulted).
+    fn recover(&self) {
+        match self.health.stage() {
+            Stage::Healthy => {}
+            Stage::Dirty => {
+                let full = self.health.kind() == FaultKind::DiskFull;
+                if full && !self.health.reserve().release() {
+                    let room = fault::free_bytes(&self.dir).unwrap_or(0);
+                    if room < fault::MIN_FREE_BYTES {
+                        return; // sled cannot reopen yet; keep serving from the old handle
+                    }
+                }
+                match self.reopen() {
+                    Ok(()) => {
+                        self.health.set_clean();
+                        self.recover();
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "storage: reopen failed; retrying");
+                    }
+                }
+            }
+            Stage::Clean => {
+                let reserve = self.health.reserve();
+                let needed = reserve.bytes() + fault::MIN_FREE_BYTES;
+                if self.health.kind() == FaultKind::DiskFull
+                    && fault::free_bytes(&self.dir).unwrap_or(0) < needed
+                {
+                    return;
+                }
+                if let Err(error) = reserve.make() {
+                    tracing::debug!(%error, "storage: cannot make the reserve yet");
+                    return;
+                }
+                let probe = self.engine().and_then(|engine| {
+                    engine.meta.insert(meta::META_PROBE, &[1])?;
+                    self.flush_engine()
+                });
+                match probe {
+                    Ok(()) => {
+                        self.health.set_healthy();
+                        self.committer.request_flush();
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "storage: still unwritable");
+                        self.health
+                            .fault(error.fault().unwrap_or(FaultKind::Io), error.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Swaps the failing handle for a fresh one on what is durable, rolls the lost
+    /// applies back on it, and rebuilds the Merkle tree and counts. Readers get
+    /// [`StoreError::Reopening`] meanwhile.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.engine.write().unwrap_or_else(PoisonError::into_inner).take();
+        drop(old); // the lock on the directory goes with the last handle (open waits)
+        let opened = open::open_engine(&self.dir);
+        let engine = match opened {
+            Ok(engine) => Arc::new(engine),
+            Err(error) => return Err(error),
+        };
+        let mut state = self.lock_write();
+        let rolled_back = rollback(&engine, &state.undo);
+        let (rebuilt, _) = open::scan(&engine.records)?;
+        state.merkle = if self.merkle_upkeep { rebuilt.merkle } else { MerkleTree::new() };
+        state.counts = rebuilt.counts;
+        *self.engine.write().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
+        rolled_back?;
+        engine.db.flush()?;
+        engine.data_file.sync_data().map_err(sled::Error::Io)?;
+        state.undo.clear();
+        Ok(())
+    }
+}
+
+/// Puts back, on a fresh handle, the record each lost apply replaced (the first one
+/// per key is the durable version).
+fn rollback(engine: &Engine, undo: &VecDeque<Undo>) -> Result<(), StoreError> {
+    let mut done = std::collections::HashSet::new();
+    for entry in undo {
+        if !done.insert(entry.key.to_bytes()) {
+            continue;
+        }
+        let key_bytes = entry.key.to_bytes();
+        let stored_key = record_key(&key_bytes);
+        let current = match engine.records.get(&stored_key)? {
+            Some(bytes) => Some(decode(&key_bytes, &bytes)?),
+            None => None,
+        };
+        if current == entry.previous {
+            continue;
+        }
+        match (&entry.previous, &current) {
+            (Some(previous), current) => {
+                let index = IndexChange::new(&entry.key, &key_bytes, current.as_ref(), previous)?;
+                engine.indexes.insert_new(&index)?;
+                engine.records.insert(stored_key, codec::encode_record(previous))?;
+                engine.indexes.remove_old(&index)?;
+            }
+            (None, Some(current)) => {
+                engine.records.remove(&stored_key)?;
+                engine
+                    .indexes
+                    .remove_old(&IndexChange::removing(&entry.key, &key_bytes, current))?;
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A cheap-to-clone handle to one node's database.
@@ -163,12 +380,30 @@ impl Store {
         self.inner.highest_ts_at_open
     }
 
+    /// The record under `key`. While the store is faulted and the lost applies are not
+    /// rolled back yet, a key they touched reads as its durable version.
     pub fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        if !self.inner.health.is_healthy() && self.inner.health.stage() == Stage::Dirty {
+            let state = self.inner.lock_write();
+            if let Some(undo) = state.undo.iter().find(|undo| undo.key == *key) {
+                return Ok(undo.previous.clone());
+            }
+        }
         let key_bytes = key.to_bytes();
-        match self.inner.records.get(record_key(&key_bytes))? {
+        match self.inner.engine()?.records.get(record_key(&key_bytes))? {
             Some(bytes) => Ok(Some(decode(&key_bytes, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether writes are accepted now (cheap: one atomic load).
+    pub fn writable(&self) -> bool {
+        self.inner.health.is_healthy()
+    }
+
+    /// Whether writes are accepted, and why not.
+    pub fn storage_status(&self) -> StorageStatus {
+        self.inner.health.status()
     }
 
     /// Stores `record` if it supersedes what is stored (the merge rule).
@@ -198,9 +433,12 @@ impl Store {
         let segment = merkle::segment_of(&key_bytes);
         let stored_key = record_key_in(segment, &key_bytes);
         let inner = &*self.inner;
+        inner.check_writable()?;
+        let engine = inner.engine()?;
 
         let mut state = self.lock_write();
-        let current = match inner.records.get(&stored_key).map_err(StoreError::from)? {
+        inner.check_writable()?;
+        let current = match engine.records.get(&stored_key).map_err(StoreError::from)? {
             Some(bytes) => Some(decode(&key_bytes, &bytes)?),
             None => None,
         };
@@ -213,11 +451,21 @@ impl Store {
         }
         let index = IndexChange::new(key, &key_bytes, current.as_ref(), &candidate)?;
         let encoded = codec::encode_record(&candidate);
-        inner.indexes.insert_new(&index).map_err(StoreError::from)?;
-        inner.records.insert(stored_key.as_slice(), encoded).map_err(StoreError::from)?;
+        let written = engine
+            .indexes
+            .insert_new(&index)
+            .and_then(|()| engine.records.insert(stored_key.as_slice(), encoded));
+        if let Err(error) = written {
+            // Faulting takes the write lock: let go of it first. The index entries that
+            // may have been written are stale ones readers skip.
+            drop(state);
+            let error = StoreError::from(error);
+            inner.fault(&error);
+            return Err(ApplyError::Store(error));
+        }
         // The record is written: from here on the tree and counts must follow it, so a
         // failure to drop an old index entry only leaves a stale entry readers skip.
-        if let Err(error) = inner.indexes.remove_old(&index) {
+        if let Err(error) = engine.indexes.remove_old(&index) {
             tracing::warn!(%key, %error, "could not remove a stale index entry");
         }
 
@@ -228,6 +476,7 @@ impl Store {
         inner.toggle_entry(&mut state, segment, &key_bytes, &candidate);
         adjust(&mut state.counts, key, candidate.is_live(), 1);
         let seq = inner.committer.applied();
+        state.undo.push_back(Undo { seq, key: key.clone(), previous: current });
         drop(state);
         inner.committer.request_flush();
         Ok(Applied { changed: true, record: candidate, seq })
@@ -242,20 +491,33 @@ impl Store {
         let key_bytes = key.to_bytes();
         let segment = merkle::segment_of(&key_bytes);
         let stored_key = record_key_in(segment, &key_bytes);
+        inner.check_writable()?;
+        let engine = inner.engine()?;
         let mut state = self.lock_write();
-        let current = match inner.records.get(&stored_key)? {
+        inner.check_writable()?;
+        let current = match engine.records.get(&stored_key)? {
             Some(bytes) => decode(&key_bytes, &bytes)?,
             None => return Ok(false),
         };
         if current.version != *version {
             return Ok(false);
         }
-        inner.records.remove(&stored_key)?;
-        inner.indexes.remove_old(&IndexChange::removing(key, &key_bytes, &current))?;
+        if let Err(error) = engine.records.remove(&stored_key) {
+            drop(state);
+            let error = StoreError::from(error);
+            inner.fault(&error);
+            return Err(error);
+        }
+        if let Err(error) =
+            engine.indexes.remove_old(&IndexChange::removing(key, &key_bytes, &current))
+        {
+            tracing::warn!(%key, %error, "could not remove a stale index entry");
+        }
         inner.toggle_entry(&mut state, segment, &key_bytes, &current);
         adjust(&mut state.counts, key, current.is_live(), -1);
+        let seq = inner.committer.applied();
+        state.undo.push_back(Undo { seq, key: key.clone(), previous: Some(current) });
         drop(state);
-        inner.committer.applied();
         inner.committer.request_flush();
         Ok(true)
     }
@@ -269,10 +531,10 @@ impl Store {
         older_than: Timestamp,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        let inner = &*self.inner;
+        let engine = self.inner.engine()?;
         let end = older_than.raw().to_be_bytes().to_vec();
         let expired: Vec<sled::IVec> =
-            inner.indexes.tombstones.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
+            engine.indexes.tombstones.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
         // The horizon moves even when nothing expired: it says what this node may lack,
         // and keeping it at now − TTL on every node in contact lets rule 2 of
         // `sync::rules` finish off a record some nodes dropped (others would otherwise
@@ -282,14 +544,14 @@ impl Store {
             return Ok(0);
         }
         if raised {
-            inner.db.flush()?;
+            engine.db.flush()?;
         }
         let mut purged = 0;
         for entry in expired {
             let parsed = index::parse_tombstone_entry(&entry)
                 .and_then(|(ts, key_bytes)| Some((ts, Key::from_bytes(key_bytes).ok()?)));
             let Some((ts, key)) = parsed else {
-                inner.indexes.tombstones.remove(&entry)?;
+                engine.indexes.tombstones.remove(&entry)?;
                 continue;
             };
             let current = self.get(&key)?;
@@ -303,7 +565,7 @@ impl Store {
                 purged += 1;
             } else {
                 // The key was written again since: the entry is stale.
-                inner.indexes.tombstones.remove(&entry)?;
+                engine.indexes.tombstones.remove(&entry)?;
             }
         }
         Ok(purged)
@@ -351,11 +613,14 @@ impl Store {
             }
             return Ok(out);
         }
+        let engine = self.inner.engine()?;
         let mut wanted = 0;
         'scans: while wanted < segments.len() {
-            for entry in self.inner.records.range(segments[wanted].to_be_bytes()..) {
+            for entry in engine.records.range(segments[wanted].to_be_bytes()..) {
                 let (stored_key, bytes) = entry?;
-                let segment = u16::from_be_bytes([stored_key[0], stored_key[1]]);
+                let Some((segment, key_bytes)) = split_stored_key(&stored_key) else {
+                    return Err(StoreError::CorruptKey { key: key_text(&stored_key) });
+                };
                 while segments[wanted] < segment {
                     wanted += 1;
                     if wanted == segments.len() {
@@ -363,9 +628,8 @@ impl Store {
                     }
                 }
                 if segments[wanted] == segment {
-                    let key_bytes = &stored_key[2..];
                     let key = Key::from_bytes(key_bytes)
-                        .map_err(|_| StoreError::CorruptMeta("records"))?;
+                        .map_err(|_| StoreError::CorruptKey { key: key_text(key_bytes) })?;
                     out[wanted].push((key, decode(key_bytes, &bytes)?));
                 } else if segments[wanted] - segment > REOPEN_GAP {
                     continue 'scans;
@@ -390,18 +654,18 @@ impl Store {
         Arc::strong_count(&self.inner)
     }
 
-    /// Flushes and stops the committer. Later writes fail to become durable.
+    /// Flushes and stops the committer. Later writes fail to become durable. On a
+    /// faulted store there is nothing left to flush: it returns at once.
     pub fn close(&self) -> Result<(), StoreError> {
         self.inner.committer.stop();
-        self.inner.db.flush()?;
+        if self.inner.health.is_healthy() {
+            self.inner.flush_engine()?;
+        }
         Ok(())
     }
 
     fn lock_write(&self) -> MutexGuard<'_, WriteState> {
-        // A panic while holding the lock leaves at worst extra index entries (which readers
-        // skip) and a Merkle tree one apply behind the records until the next open; keep
-        // serving rather than refuse every write.
-        self.inner.write.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock_write()
     }
 }
 
@@ -409,6 +673,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.committer.stop();
     }
+}
+
+/// A stored record key's Merkle segment and key bytes; `None` if it is too short.
+fn split_stored_key(stored_key: &[u8]) -> Option<(u16, &[u8])> {
+    let (segment, key_bytes) = stored_key.split_at_checked(2)?;
+    Some((u16::from_be_bytes([segment[0], segment[1]]), key_bytes))
 }
 
 fn record_key(key_bytes: &[u8]) -> Vec<u8> {

@@ -3,53 +3,90 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use super::commit::Committer;
+use super::fault::{FaultKind, Health, Reserve};
 use super::index::Indexes;
 use super::meta::{META_FORMAT, META_JOINED_AT, META_NODE_ID};
-use super::{key_text, Counts, Inner, Store, StoreError, WriteState, STORE_FORMAT};
+use super::{
+    key_text, split_stored_key, Counts, Engine, Inner, Store, StoreError, WriteState, STORE_FORMAT,
+};
 use crate::codec;
 use crate::merkle::{self, MerkleTree};
 use crate::model::{Key, NodeId, Origin, Timestamp};
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Keep the Merkle tree (false only to measure what it costs; such a store must not
+    /// sync).
+    pub merkle_upkeep: bool,
+    /// Bytes of the reserve file given back when the disk fills (see `fault.rs`); 0 for
+    /// none.
+    pub reserve_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { merkle_upkeep: true, reserve_bytes: 0 }
+    }
+}
 
 impl Store {
     /// Opens (or creates) the store in `dir`. Blocking: call from a blocking context.
     /// `now_ms` becomes this node's `joined_at` if the directory is new.
     pub fn open(dir: &Path, now_ms: u64) -> Result<Store, StoreError> {
-        Store::open_with(dir, now_ms, true)
+        Store::open_with(dir, now_ms, OpenOptions::default())
     }
 
-    /// [`Store::open`], optionally without Merkle upkeep (`merkle_upkeep = false` is for
-    /// measuring what the tree costs; such a store must not sync).
-    pub fn open_with(dir: &Path, now_ms: u64, merkle_upkeep: bool) -> Result<Store, StoreError> {
+    /// [`Store::open`] with options. The reserve is made after the store opened; if
+    /// the disk has no room for it, the store opens anyway, already faulted as full
+    /// (reads served, writes refused until there is room).
+    pub fn open_with(dir: &Path, now_ms: u64, options: OpenOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
-        let db = open_db(dir)?;
-        let records = db.open_tree("records")?;
-        let indexes = Indexes::open(&db)?;
-        let meta = db.open_tree("meta")?;
-        check_format(&db, &meta, &records)?;
-        let identity = load_or_create_identity(&db, &meta, now_ms)?;
-        let (write, highest_ts_at_open) = scan(&records)?;
-        let data_file = File::open(dir.join("db")).ok();
-        let committer = Committer::start(db.clone(), data_file).map_err(sled::Error::Io)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                records,
-                indexes,
-                meta,
-                identity,
-                highest_ts_at_open,
-                write: Mutex::new(write),
-                committer,
-                merkle_upkeep,
-            }),
-        })
+        let engine = open_engine(dir)?;
+        check_format(&engine)?;
+        let identity = load_or_create_identity(&engine, now_ms)?;
+        let (mut write, highest_ts_at_open) = scan(&engine.records)?;
+        if !options.merkle_upkeep {
+            write.merkle = MerkleTree::new();
+        }
+        let reserve = Reserve::new(dir, options.reserve_bytes);
+        let reserve_error = reserve.make().err();
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            identity,
+            highest_ts_at_open,
+            engine: RwLock::new(Some(Arc::new(engine))),
+            write: Mutex::new(write),
+            health: Health::new(reserve),
+            committer: Committer::new(),
+            merkle_upkeep: options.merkle_upkeep,
+        });
+        inner.committer.spawn(Arc::downgrade(&inner)).map_err(sled::Error::Io)?;
+        if let Some(error) = reserve_error {
+            let kind = FaultKind::of(error.kind());
+            inner.health.fault(kind, format!("cannot make the reserve file: {error}"));
+            inner.health.set_clean();
+        }
+        Ok(Store { inner })
     }
+}
+
+/// Opens sled in `dir` with its trees, and sled's data file for the extra fsync.
+pub(super) fn open_engine(dir: &Path) -> Result<Engine, StoreError> {
+    let db = open_db(dir)?;
+    let records = db.open_tree("records")?;
+    let indexes = Indexes::open(&db)?;
+    let meta = db.open_tree("meta")?;
+    let path = dir.join("db");
+    let data_file = File::open(&path)
+        .map_err(|source| StoreError::DataFile { path: path.display().to_string(), source })?;
+    Ok(Engine { db, records, indexes, meta, data_file })
 }
 
 /// How long an open waits for the directory lock: sled's background threads release it
@@ -84,14 +121,15 @@ fn is_lock_held(io: &std::io::Error) -> bool {
 }
 
 /// Rebuilds the Merkle tree and counts from record headers; finds the highest timestamp.
-fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
+pub(super) fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
     let mut merkle = MerkleTree::new();
     let mut counts = Counts::default();
     let mut highest = Timestamp::default();
     for entry in records.iter() {
         let (stored_key, bytes) = entry?;
-        let key_bytes = stored_key.get(2..).unwrap_or_default();
-        let segment = u16::from_be_bytes([stored_key[0], stored_key.get(1).copied().unwrap_or(0)]);
+        let Some((segment, key_bytes)) = split_stored_key(&stored_key) else {
+            return Err(StoreError::CorruptKey { key: key_text(&stored_key) });
+        };
         let (version, live) = codec::peek_record(&bytes)
             .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })?;
         merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
@@ -104,11 +142,12 @@ fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
             }
         }
     }
-    Ok((WriteState { merkle, counts }, highest))
+    Ok((WriteState { merkle, counts, undo: Default::default() }, highest))
 }
 
 /// Refuses a directory written in another format; marks a new one with ours.
-fn check_format(db: &sled::Db, meta: &sled::Tree, records: &sled::Tree) -> Result<(), StoreError> {
+fn check_format(engine: &Engine) -> Result<(), StoreError> {
+    let Engine { db, meta, records, .. } = engine;
     match meta.get(META_FORMAT)? {
         Some(found) if found.as_ref() == [STORE_FORMAT] => Ok(()),
         Some(found) => Err(StoreError::Format { found: found.first().copied().unwrap_or(0) }),
@@ -121,11 +160,8 @@ fn check_format(db: &sled::Db, meta: &sled::Tree, records: &sled::Tree) -> Resul
     }
 }
 
-fn load_or_create_identity(
-    db: &sled::Db,
-    meta: &sled::Tree,
-    now_ms: u64,
-) -> Result<Origin, StoreError> {
+fn load_or_create_identity(engine: &Engine, now_ms: u64) -> Result<Origin, StoreError> {
+    let Engine { db, meta, .. } = engine;
     let node = meta.get(META_NODE_ID)?;
     let joined_at = meta.get(META_JOINED_AT)?;
     match (node, joined_at) {

@@ -130,7 +130,7 @@ fn stale_index_entries_are_skipped() {
     for (created_at, id) in [(500u64, live), (400, Uuid::from_u128(2))] {
         let mut entry = created_at.to_be_bytes().to_vec();
         entry.extend_from_slice(id.as_bytes());
-        store.inner.indexes.todo_order.insert(entry, &[]).unwrap();
+        store.inner.engine().unwrap().indexes.todo_order.insert(entry, &[]).unwrap();
     }
     let listed: Vec<Uuid> = store.todos_newest_first(None).map(|e| e.unwrap().1).collect();
     assert_eq!(listed, vec![live]);
@@ -269,7 +269,7 @@ fn purge_removes_only_expired_tombstones_and_keeps_the_tree_exact() {
         (merkle::segment_of(&bytes), entry_of(&bytes, &store.get(key).unwrap().unwrap()))
     }));
     assert_eq!(store.merkle_root(), rebuilt.root());
-    assert_eq!(store.inner.indexes.tombstones.len(), 1);
+    assert_eq!(store.inner.engine().unwrap().indexes.tombstones.len(), 1);
     assert_eq!(store.purge_tombstones(Timestamp::from_raw(30), 100).unwrap(), 0);
 
     // And the rebuilt-at-open tree agrees.
@@ -359,6 +359,25 @@ proptest! {
             got.sort_by_key(|key| key.to_bytes());
             want.sort_by_key(|key| key.to_bytes());
             prop_assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_record_key_at_open_is_an_error_naming_it_not_a_panic() {
+    for bad_key in [&b""[..], &b"\x01"[..]] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1).unwrap();
+            store.inner.engine().unwrap().records.insert(bad_key, b"x".to_vec()).unwrap();
+            store.close().unwrap();
+        }
+        match Store::open(dir.path(), 1) {
+            Err(error @ StoreError::CorruptKey { .. }) => {
+                assert!(error.to_string().contains("not a valid key"), "{error}")
+            }
+            Err(other) => panic!("expected CorruptKey, got {other}"),
+            Ok(_) => panic!("a store with a {bad_key:?} record key opened"),
         }
     }
 }

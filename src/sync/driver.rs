@@ -174,6 +174,9 @@ pub async fn anti_entropy_loop(driver: Driver, interval: Duration, stop: Cancell
             _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
         }
         while rounds.try_join_next().is_some() {}
+        if !driver.inner.replica.writable() {
+            continue; // a faulted store cannot merge; it recovers first (store::fault)
+        }
         for member in driver.pick_peers() {
             if driver.busy_with(&member.addr) {
                 continue;

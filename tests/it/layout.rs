@@ -15,6 +15,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("zstd", &["codec.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
     ("rlimit", &["main.rs"]),
+    ("rustix", &["store/fault.rs"]),
     ("hyper", &["http/"]),
     ("hyper_util", &["http/"]),
     ("tracing_subscriber", &["telemetry.rs"]),

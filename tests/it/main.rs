@@ -7,4 +7,5 @@ mod cluster;
 mod durability;
 mod layout;
 mod sim;
+mod storage;
 mod support;

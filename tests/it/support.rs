@@ -61,9 +61,15 @@ pub fn kvs_binary() -> PathBuf {
 
 impl Process {
     pub fn start(data_dir: &Path) -> Process {
+        Process::start_with(data_dir, &[])
+    }
+
+    /// [`Process::start`] with more flags.
+    pub fn start_with(data_dir: &Path, flags: &[&str]) -> Process {
         let mut child = Command::new(kvs_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
