@@ -24,6 +24,8 @@ cleanup() {
   if [ -f "$STARTED" ]; then
     while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done < "$STARTED"
   fi
+  # tmpfs mounts a scenario made (disk_full_recovers_and_converges)
+  awk -v work="$WORK" 'index($2, work) == 1 { print $2 }' /proc/mounts | xargs -r -n1 umount -l
   if [ "${KEEP_WORK:-}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -196,6 +198,37 @@ scenario_concurrent_updates_converge() {
 }
 
 # Every key in expected.tsv, on node $1: the body and ETag, or 404 for a delete.
+# The disk of one node of three fills up (a tmpfs; needs root, skipped otherwise): it
+# refuses writes with 507 and reports not ready, keeps serving reads, recovers by itself
+# once space is freed, and the cluster converges with every write made meanwhile.
+scenario_disk_full_recovers_and_converges() {
+  local disk="$WORK/$SCENARIO/disk"
+  mkdir -p "$disk"
+  if ! mount -t tmpfs -o size=48m tmpfs "$disk" 2>/dev/null; then
+    log "skipped: cannot mount a tmpfs (needs root)"; return 0
+  fi
+  start n1 "$WORK/$SCENARIO/n1"
+  ready n1
+  KVS_RESERVE_BYTES=8388608 start n2 "$disk/n2" n1
+  start n3 "$WORK/$SCENARIO/n3" n1
+  ready n2 n3
+  local before i
+  before=$(post_todo n2 '{"todo":"before the disk filled","extern_id":"before-full"}' | json id)
+  dd if=/dev/zero of="$disk/filler" bs=1M 2>/dev/null || true
+  eventually 20 "n2 refuses writes with 507" write_refused n2
+  eventually 10 "n2 not ready" not_ready n2
+  expect_status 200 "$(url n2)/todos/$before"
+  for i in $(seq 1 30); do post_todo n1 "{\"todo\":\"while n2 is full $i\"}" >/dev/null; done
+  rm -f "$disk/filler"
+  ready n2
+  converged n1 n2 n3
+  count_is n2 31
+  stop_all
+  umount -l "$disk"
+}
+write_refused() { [ "$(status_of -X PUT "$(url "$1")/kv/probe/$RANDOM" -H 'content-type: application/json' -d '{"pad":"'"$(head -c 2000 /dev/zero | tr '\0' x)"'"}')" = 507 ]; }
+not_ready() { ! is_ready "$1"; }
+
 fixture_matches() {
   local node=$1 base path etag body headers got_etag got_body code mismatches=0
   base=$(url "$node")
@@ -249,7 +282,8 @@ run() {
 }
 
 SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
-           delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures)
+           delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures
+           disk_full_recovers_and_converges)
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
 for s in "${SCENARIOS[@]}"; do run "$s"; done
 echo "$PASSED passed, $FAILED failed"

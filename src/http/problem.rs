@@ -156,7 +156,10 @@ impl IntoResponse for ApiError {
         let status = self.status();
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
-        } else if status.is_server_error() {
+        } else if status.is_server_error()
+            && !matches!(self, ApiError::StorageFull | ApiError::StorageUnavailable)
+        {
+            // (a storage fault is logged once by the store, not once per refused request)
             tracing::warn!(detail = %self.detail(), "request refused");
         }
         let errors = match &self {

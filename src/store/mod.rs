@@ -235,7 +235,13 @@ impl Inner {
         let Some(kind) = error.fault() else { return };
         {
             let _state = self.lock_write();
-            self.health.fault(kind, error.to_string());
+            let reason = match kind {
+                FaultKind::DiskFull => {
+                    format!("no space left on the filesystem of {}", self.dir.display())
+                }
+                FaultKind::Io => format!("I/O error under {}: {error}", self.dir.display()),
+            };
+            self.health.fault(kind, reason);
             let (kind, reason) = self.health.refusal();
             self.committer.lose_unflushed(kind, &reason);
         }

@@ -150,6 +150,15 @@ async fn a_full_disk_is_survived_reported_and_recovered_from() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let more = node.logs.lock().unwrap().len() - lines;
     assert!(more <= 2, "{more} log lines in 3 quiet seconds while full");
+    let lines = node.logs.lock().unwrap().len();
+    for n in 0..20 {
+        assert_eq!(
+            put(&http, &base, &format!("refused/{n}")).await,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+    }
+    let more = node.logs.lock().unwrap().len() - lines;
+    assert!(more <= 2, "20 refused writes logged {more} lines");
 
     // Space comes back: the node recovers by itself, without a restart.
     std::fs::remove_file(&filler).unwrap();
