@@ -58,7 +58,7 @@ impl Default for Options {
 }
 
 /// Push queue length: writes beyond it are left to anti-entropy.
-const OUTBOX: usize = 4096;
+const OUTBOX: usize = 16_384;
 
 /// A running node. Dropping it without [`Node::shutdown`] leaves its tasks running.
 pub struct Node {
@@ -219,7 +219,13 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         shutdown.clone(),
     ));
     tasks.spawn(sync::anti_entropy_loop(driver.clone(), config.sync_interval, shutdown.clone()));
-    tasks.spawn(sync::push_loop(cluster.clone(), peer.clone(), outbox_rx, shutdown.clone()));
+    tasks.spawn(sync::push_loop(
+        cluster.clone(),
+        peer.clone(),
+        outbox_rx,
+        services.pushes.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(gc::purge_loop(services.replica.clone(), config.tombstone_ttl, shutdown.clone()));
     if standalone {
         tracing::info!("no seeds configured: running standalone");

@@ -62,6 +62,22 @@ pub struct Info {
     pub security: Security,
     /// Whether the store can make writes durable (a full disk or failing I/O says no).
     pub storage: Storage,
+    /// What became of local writes pushed to peers since start.
+    pub push: Push,
+}
+
+/// Push-on-write counters: records sent, failed or dropped are all counted; failed and
+/// dropped ones reach peers by anti-entropy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Push {
+    /// Records delivered (once per peer).
+    pub sent_records: u64,
+    /// Push requests that succeeded.
+    pub sent_requests: u64,
+    /// Records in pushes that failed (a peer down or slow).
+    pub failed_records: u64,
+    /// Records not queued because a queue was full.
+    pub dropped_records: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -180,5 +196,15 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             client_auth: false,
         },
         storage: data.storage.into(),
+        push: {
+            use crate::service::PushStats;
+            let stats = &state.services.pushes;
+            Push {
+                sent_records: PushStats::get(&stats.sent_records),
+                sent_requests: PushStats::get(&stats.sent_requests),
+                failed_records: PushStats::get(&stats.failed_records),
+                dropped_records: PushStats::get(&stats.dropped_records),
+            }
+        },
     })
 }

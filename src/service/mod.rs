@@ -6,6 +6,7 @@ mod readiness;
 mod replica;
 mod todos;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -84,20 +85,53 @@ pub struct Writer {
     clock: Arc<Hlc>,
     origin: Origin,
     /// Where committed local writes go to be pushed to peers (best effort: a full
-    /// queue drops them, anti-entropy repairs what is dropped).
+    /// queue drops them, counted; anti-entropy repairs what is dropped).
     outbox: Option<mpsc::Sender<(Key, Record)>>,
+    pushes: Arc<PushStats>,
+}
+
+/// What became of local writes meant for peers (see `sync::push`). Nothing handed to
+/// the pusher disappears without being counted here.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    /// Records delivered to a peer (counted once per peer).
+    pub sent_records: AtomicU64,
+    /// Push requests that succeeded.
+    pub sent_requests: AtomicU64,
+    /// Records in push requests that failed (a peer down or slow): anti-entropy
+    /// carries them.
+    pub failed_records: AtomicU64,
+    /// Records not queued because a queue was full (the outbox, or a peer's
+    /// pipeline): anti-entropy carries them.
+    pub dropped_records: AtomicU64,
+}
+
+impl PushStats {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 impl Writer {
-    pub fn new(store: Store, clock: Arc<Hlc>, outbox: Option<mpsc::Sender<(Key, Record)>>) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Arc<Hlc>,
+        outbox: Option<mpsc::Sender<(Key, Record)>>,
+        pushes: Arc<PushStats>,
+    ) -> Self {
         let origin = store.identity();
-        Writer { store, clock, origin, outbox }
+        Writer { store, clock, origin, outbox, pushes }
     }
 
     /// Hands a durable local write to the pusher, never blocking the client.
     fn announce(&self, key: Key, record: Record) {
         if let Some(outbox) = &self.outbox {
             if outbox.try_send((key, record)).is_err() {
+                PushStats::add(&self.pushes.dropped_records, 1);
                 tracing::debug!("push queue full; anti-entropy will carry the write");
             }
         }
@@ -150,6 +184,8 @@ pub struct Services {
     pub docs: DocService,
     pub replica: ReplicaService,
     pub readiness: Readiness,
+    /// Counts of what the pusher did with local writes.
+    pub pushes: Arc<PushStats>,
     store: Store,
     clock: Arc<Hlc>,
 }
@@ -162,8 +198,10 @@ impl Services {
         outbox: Option<mpsc::Sender<(Key, Record)>>,
         ttl: TtlRules,
     ) -> Self {
-        let writer = Writer::new(store.clone(), clock.clone(), outbox);
+        let pushes = Arc::new(PushStats::default());
+        let writer = Writer::new(store.clone(), clock.clone(), outbox, pushes.clone());
         Services {
+            pushes,
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
             replica: ReplicaService::new(store.clone(), clock.clone(), ttl, readiness.clone()),

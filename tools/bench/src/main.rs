@@ -9,6 +9,7 @@
 //! ```
 
 mod attack;
+mod cluster;
 mod procs;
 mod proxy;
 mod repair;
@@ -32,6 +33,9 @@ enum Scenario {
     MerkleCost,
     /// 3 and 5 nodes: write on one, poll the others; push on and off
     Propagation,
+    /// 1 node, then 3 with push on write (creates on one, then on all three): creates/s,
+    /// p50/p99, ratios to one node, write→visible-on-all at half the 3-node rate
+    ClusterWrite,
     /// Two nodes with --records todos, d of them newer on one: one sync round through a
     /// counting proxy (time, bytes each way, requests)
     Repair,
@@ -119,6 +123,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Read,
             Scenario::MerkleCost,
             Scenario::Propagation,
+            Scenario::ClusterWrite,
             Scenario::Scale,
             Scenario::Attack,
         ];
@@ -144,6 +149,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::MerkleCost => scenarios::merkle_cost(&settings, &http).await,
                 Scenario::Propagation => scenarios::propagation(&settings, &http).await,
                 Scenario::Repair => repair::repair(&settings, &http).await,
+                Scenario::ClusterWrite => cluster::cluster_write(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),

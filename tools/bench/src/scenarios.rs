@@ -13,7 +13,7 @@ use crate::Settings;
 
 pub const READY: Duration = Duration::from_secs(300);
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -270,7 +270,7 @@ async fn visibility(
 
 /// Creates todo `n` on `first`, then polls every node of `others` until it serves it;
 /// returns the time from the write's start.
-async fn write_then_poll(
+pub async fn write_then_poll(
     http: &reqwest::Client,
     first: &str,
     others: &[(String, String)],
@@ -293,7 +293,7 @@ async fn write_then_poll(
     Ok(started.elapsed())
 }
 
-async fn wait_for_members(http: &reqwest::Client, node: &Proc, count: usize) -> Result<()> {
+pub async fn wait_for_members(http: &reqwest::Client, node: &Proc, count: usize) -> Result<()> {
     let started = Instant::now();
     loop {
         let info: Value =
