@@ -10,6 +10,7 @@
 
 mod attack;
 mod cluster;
+mod compare;
 mod procs;
 mod proxy;
 mod repair;
@@ -36,6 +37,9 @@ enum Scenario {
     /// 1 node, then 3 with push on write (creates on one, then on all three): creates/s,
     /// p50/p99, ratios to one node, write→visible-on-all at half the 3-node rate
     ClusterWrite,
+    /// The same create load against 3-node kvs, 3-node etcd and Redis (primary + 2
+    /// replicas, appendfsync always) when installed: throughput, latency, ratios
+    Compare,
     /// Two nodes with --records todos, d of them newer on one: one sync round through a
     /// counting proxy (time, bytes each way, requests)
     Repair,
@@ -124,6 +128,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::MerkleCost,
             Scenario::Propagation,
             Scenario::ClusterWrite,
+            Scenario::Compare,
             Scenario::Scale,
             Scenario::Attack,
         ];
@@ -150,6 +155,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Propagation => scenarios::propagation(&settings, &http).await,
                 Scenario::Repair => repair::repair(&settings, &http).await,
                 Scenario::ClusterWrite => cluster::cluster_write(&settings, &http).await,
+                Scenario::Compare => compare::compare(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),

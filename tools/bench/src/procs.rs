@@ -14,6 +14,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process of another kind (a peer system such as etcd) under the same handle.
+    pub fn adopt(name: &str, port: u16, child: Child) -> Proc {
+        Proc { name: name.to_owned(), port, child }
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
