@@ -142,7 +142,7 @@ fn run(shared: &Shared, store: &Weak<Inner>) {
                 while !signal.pending && !signal.stop {
                     signal = shared.wake.wait(signal).unwrap_or_else(PoisonError::into_inner);
                 }
-            } else if !signal.stop {
+            } else if !signal.stop && !signal.pending {
                 signal = shared
                     .wake
                     .wait_timeout(signal, RETRY)
@@ -176,6 +176,9 @@ fn flush(shared: &Shared, inner: &Inner) {
             shared.state.send_modify(|s| s.flushed = s.flushed.max(target));
             inner.forget_undo(target);
         }
-        Err(error) => inner.fault(&error),
+        Err(error) => {
+            inner.fault(&error);
+            inner.recover();
+        }
     }
 }

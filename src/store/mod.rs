@@ -230,7 +230,8 @@ impl Inner {
     }
 
     /// Faults the store after a storage error in an apply or a flush (see `fault.rs`)
-    /// and starts recovering at once. Errors that are not storage faults change nothing.
+    /// and wakes the committer thread, which recovers (never the caller's thread: a
+    /// reopen can take seconds). Errors that are not storage faults change nothing.
     fn fault(&self, error: &StoreError) {
         let Some(kind) = error.fault() else { return };
         {
@@ -245,7 +246,7 @@ impl Inner {
             let (kind, reason) = self.health.refusal();
             self.committer.lose_unflushed(kind, &reason);
         }
-        self.recover();
+        self.committer.request_flush();
     }
 
     /// One recovery attempt (the committer calls it once a second while faulted).

@@ -116,7 +116,8 @@ async fn spread_load(
     let started = Instant::now();
     let deadline = (seconds.is_finite()).then(|| started + Duration::from_secs_f64(seconds));
     let stop = pace.as_ref().map(|(_, stop)| stop.clone());
-    let interval = pace.as_ref().map(|(rate, _)| Duration::from_secs_f64(clients as f64 / rate));
+    let interval =
+        pace.as_ref().map(|(rate, _)| Duration::from_secs_f64(clients as f64 / rate.max(1.0)));
     let tasks: Vec<_> = (0..clients)
         .map(|client| {
             let url = format!("{}/todos", bases[client % bases.len()]);
