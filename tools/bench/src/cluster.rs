@@ -113,6 +113,25 @@ async fn spread_load(
     bases: &[String],
     pace: Option<(f64, Arc<AtomicBool>)>,
 ) -> Result<(Vec<Duration>, Duration)> {
+    let urls: Vec<String> = bases.iter().map(|base| format!("{base}/todos")).collect();
+    let request = move |client: usize, n: usize| {
+        let body = json!({"todo": format!("client {client} todo {n}")});
+        (urls[client % urls.len()].clone(), body)
+    };
+    post_load(clients, seconds, http, pace, request).await
+}
+
+/// `clients` loops POSTing what `request(client, n)` names (each answer must be 2xx)
+/// for `seconds`, or until `pace`'s flag is set, at most `pace`'s total rate per second
+/// if given; returns each request's latency and the time taken.
+pub async fn post_load(
+    clients: usize,
+    seconds: f64,
+    http: &reqwest::Client,
+    pace: Option<(f64, Arc<AtomicBool>)>,
+    request: impl Fn(usize, usize) -> (String, Value) + Send + Sync + 'static,
+) -> Result<(Vec<Duration>, Duration)> {
+    let request = Arc::new(request);
     let started = Instant::now();
     let deadline = (seconds.is_finite()).then(|| started + Duration::from_secs_f64(seconds));
     let stop = pace.as_ref().map(|(_, stop)| stop.clone());
@@ -120,8 +139,7 @@ async fn spread_load(
         pace.as_ref().map(|(rate, _)| Duration::from_secs_f64(clients as f64 / rate.max(1.0)));
     let tasks: Vec<_> = (0..clients)
         .map(|client| {
-            let url = format!("{}/todos", bases[client % bases.len()]);
-            let (http, stop) = (http.clone(), stop.clone());
+            let (http, stop, request) = (http.clone(), stop.clone(), request.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut next = Instant::now();
@@ -135,19 +153,26 @@ async fn spread_load(
                         tokio::time::sleep_until(next.into()).await;
                         next += interval;
                     }
+                    let (url, body) = request(client, n);
                     let begin = Instant::now();
-                    let body = json!({"todo": format!("client {client} todo {n}")});
-                    let reply = http.post(&url).json(&body).send().await?;
-                    ensure!(reply.status().as_u16() == 201, "create answered {}", reply.status());
+                    let reply = http.post(url).json(&body).send().await?;
+                    ensure!(reply.status().is_success(), "answered {}", reply.status());
                     latencies.push(begin.elapsed());
                 }
                 Ok::<_, anyhow::Error>(latencies)
             })
         })
         .collect();
+    Ok((join_latencies(tasks).await?, started.elapsed()))
+}
+
+/// Waits for every load task and gathers their latencies.
+pub async fn join_latencies(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+) -> Result<Vec<Duration>> {
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await??);
     }
-    Ok((all, started.elapsed()))
+    Ok(all)
 }

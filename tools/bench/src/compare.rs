@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -139,33 +138,7 @@ async fn http_load(
     http: &reqwest::Client,
     request: impl Fn(usize, usize) -> (String, serde_json::Value) + Send + Sync + 'static,
 ) -> Result<Load> {
-    let request = Arc::new(request);
-    let deadline = Instant::now() + Duration::from_secs_f64(settings.seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..settings.clients)
-        .map(|client| {
-            let (http, request) = (http.clone(), request.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                for n in 0.. {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    let (url, body) = request(client, n);
-                    let begin = Instant::now();
-                    let reply = http.post(url).json(&body).send().await?;
-                    ensure!(reply.status().is_success(), "answered {}", reply.status());
-                    latencies.push(begin.elapsed());
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    Ok((all, started.elapsed()))
+    crate::cluster::post_load(settings.clients, settings.seconds, http, None, request).await
 }
 
 fn start_redis(dir: &Path, port: u16, primary: Option<u16>) -> Result<Proc> {
@@ -232,10 +205,7 @@ async fn redis_three(settings: &Settings) -> Result<Load> {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
+    let all = crate::cluster::join_latencies(tasks).await?;
     let elapsed = started.elapsed();
     drop(nodes);
     Ok((all, elapsed))
