@@ -16,6 +16,7 @@ mod proxy;
 mod repair;
 mod report;
 mod scenarios;
+mod tail;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +41,9 @@ enum Scenario {
     /// The same create load against 3-node kvs, 3-node etcd and Redis (primary + 2
     /// replicas, appendfsync always) when installed: throughput, latency, ratios
     Compare,
+    /// Write latency on 1 and 3 nodes at 10 %, 50 % and 80 % of the measured maximum,
+    /// --seconds each: p50, p99, p99.9, max, writes over 50 ms
+    Tail,
     /// Two nodes with --records todos, d of them newer on one: one sync round through a
     /// counting proxy (time, bytes each way, requests)
     Repair,
@@ -129,6 +133,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Propagation,
             Scenario::ClusterWrite,
             Scenario::Compare,
+            Scenario::Tail,
             Scenario::Scale,
             Scenario::Attack,
         ];
@@ -156,6 +161,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Repair => repair::repair(&settings, &http).await,
                 Scenario::ClusterWrite => cluster::cluster_write(&settings, &http).await,
                 Scenario::Compare => compare::compare(&settings, &http).await,
+                Scenario::Tail => tail::tail(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),
