@@ -23,9 +23,24 @@ use super::{Inner, StoreError};
 struct FlushState {
     /// Every apply with a sequence number up to this one is on disk (unless lost).
     flushed: u64,
-    /// Applies in `(from, to]` were not made durable and were rolled back; their
-    /// writers are told so, whatever later flushes cover.
-    lost: Vec<(u64, u64, FaultKind, Arc<str>)>,
+    /// Applies lost to faults: their writers are told so, whatever later flushes cover.
+    lost: Vec<Lost>,
+}
+
+/// Applies numbered in `(after, upto]` were not made durable and were rolled back.
+#[derive(Clone, Debug)]
+struct Lost {
+    after: u64,
+    upto: u64,
+    kind: FaultKind,
+    reason: Arc<str>,
+}
+
+impl FlushState {
+    /// The fault that lost the apply numbered `seq`, if one did.
+    fn lost(&self, seq: u64) -> Option<&Lost> {
+        self.lost.iter().find(|lost| lost.after < seq && seq <= lost.upto)
+    }
 }
 
 #[derive(Default)]
@@ -92,8 +107,8 @@ impl Committer {
     pub(super) fn lose_unflushed(&self, kind: FaultKind, reason: &str) {
         let upto = self.last_applied();
         self.shared.state.send_modify(|s| {
-            if upto > s.flushed && !s.lost.iter().any(|lost| lost.1 >= upto) {
-                s.lost.push((s.flushed, upto, kind, reason.into()));
+            if upto > s.flushed && !s.lost.iter().any(|lost| lost.upto >= upto) {
+                s.lost.push(Lost { after: s.flushed, upto, kind, reason: reason.into() });
             }
         });
     }
@@ -102,12 +117,12 @@ impl Committer {
     pub(super) async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
         let mut state = self.shared.state.subscribe();
         let reached = state
-            .wait_for(|s| s.flushed >= seq || s.lost.iter().any(|l| l.0 < seq && seq <= l.1))
+            .wait_for(|s| s.flushed >= seq || s.lost(seq).is_some())
             .await
             .map_err(|_| StoreError::Closed)?;
-        match reached.lost.iter().find(|l| l.0 < seq && seq <= l.1) {
-            Some((_, _, kind, reason)) => {
-                Err(StoreError::Unwritable { kind: *kind, reason: reason.to_string() })
+        match reached.lost(seq) {
+            Some(lost) => {
+                Err(StoreError::Unwritable { kind: lost.kind, reason: lost.reason.to_string() })
             }
             None => Ok(()),
         }

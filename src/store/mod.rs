@@ -150,6 +150,15 @@ struct Engine {
     data_file: File,
 }
 
+impl Engine {
+    /// sled's flush, then an `fdatasync` of its data file.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.data_file.sync_data().map_err(sled::Error::Io)?;
+        Ok(())
+    }
+}
+
 /// How long a caller waits for the store to reopen after a fault.
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -213,12 +222,18 @@ impl Inner {
         Err(StoreError::Unwritable { kind, reason })
     }
 
-    /// sled's flush, then an `fdatasync` of its data file.
+    /// Flushes the current handle (see [`Engine::flush`]).
     fn flush_engine(&self) -> Result<(), StoreError> {
-        let engine = self.engine()?;
-        engine.db.flush()?;
-        engine.data_file.sync_data().map_err(sled::Error::Io)?;
-        Ok(())
+        self.engine()?.flush()
+    }
+
+    /// A write to sled failed under the write lock: lets go of the lock (faulting takes
+    /// it), faults the store, and returns the error for the writer.
+    fn failed_write(&self, state: MutexGuard<'_, WriteState>, error: sled::Error) -> StoreError {
+        drop(state);
+        let error = StoreError::from(error);
+        self.fault(&error);
+        error
     }
 
     /// Drops the undo entries of applies now durable.
@@ -308,20 +323,15 @@ impl Inner {
     fn reopen(&self) -> Result<(), StoreError> {
         let old = self.engine.write().unwrap_or_else(PoisonError::into_inner).take();
         drop(old); // the lock on the directory goes with the last handle (open waits)
-        let opened = open::open_engine(&self.dir);
-        let engine = match opened {
-            Ok(engine) => Arc::new(engine),
-            Err(error) => return Err(error),
-        };
+        let engine = Arc::new(open::open_engine(&self.dir)?);
         let mut state = self.lock_write();
         let rolled_back = rollback(&engine, &state.undo);
-        let (rebuilt, _) = open::scan(&engine.records)?;
-        state.merkle = if self.merkle_upkeep { rebuilt.merkle } else { MerkleTree::new() };
+        let (rebuilt, _) = open::scan(&engine.records, self.merkle_upkeep)?;
+        state.merkle = rebuilt.merkle;
         state.counts = rebuilt.counts;
         *self.engine.write().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
         rolled_back?;
-        engine.db.flush()?;
-        engine.data_file.sync_data().map_err(sled::Error::Io)?;
+        engine.flush()?;
         state.undo.clear();
         Ok(())
     }
@@ -332,10 +342,10 @@ impl Inner {
 fn rollback(engine: &Engine, undo: &VecDeque<Undo>) -> Result<(), StoreError> {
     let mut done = std::collections::HashSet::new();
     for entry in undo {
-        if !done.insert(entry.key.to_bytes()) {
+        let key_bytes = entry.key.to_bytes();
+        if !done.insert(key_bytes.clone()) {
             continue;
         }
-        let key_bytes = entry.key.to_bytes();
         let stored_key = record_key(&key_bytes);
         let current = match engine.records.get(&stored_key)? {
             Some(bytes) => Some(decode(&key_bytes, &bytes)?),
@@ -463,12 +473,8 @@ impl Store {
             .insert_new(&index)
             .and_then(|()| engine.records.insert(stored_key.as_slice(), encoded));
         if let Err(error) = written {
-            // Faulting takes the write lock: let go of it first. The index entries that
-            // may have been written are stale ones readers skip.
-            drop(state);
-            let error = StoreError::from(error);
-            inner.fault(&error);
-            return Err(ApplyError::Store(error));
+            // The index entries that may have been written are stale ones readers skip.
+            return Err(ApplyError::Store(inner.failed_write(state, error)));
         }
         // The record is written: from here on the tree and counts must follow it, so a
         // failure to drop an old index entry only leaves a stale entry readers skip.
@@ -510,10 +516,7 @@ impl Store {
             return Ok(false);
         }
         if let Err(error) = engine.records.remove(&stored_key) {
-            drop(state);
-            let error = StoreError::from(error);
-            inner.fault(&error);
-            return Err(error);
+            return Err(inner.failed_write(state, error));
         }
         if let Err(error) =
             engine.indexes.remove_old(&IndexChange::removing(key, &key_bytes, &current))

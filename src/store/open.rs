@@ -51,10 +51,7 @@ impl Store {
         let engine = open_engine(dir)?;
         check_format(&engine)?;
         let identity = load_or_create_identity(&engine, now_ms)?;
-        let (mut write, highest_ts_at_open) = scan(&engine.records)?;
-        if !options.merkle_upkeep {
-            write.merkle = MerkleTree::new();
-        }
+        let (write, highest_ts_at_open) = scan(&engine.records, options.merkle_upkeep)?;
         let reserve = Reserve::new(dir, options.reserve_bytes);
         let reserve_error = reserve.make().err();
         let inner = Arc::new(Inner {
@@ -120,8 +117,12 @@ fn is_lock_held(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")
 }
 
-/// Rebuilds the Merkle tree and counts from record headers; finds the highest timestamp.
-pub(super) fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), StoreError> {
+/// Rebuilds the Merkle tree (left empty without `merkle_upkeep`) and counts from record
+/// headers; finds the highest timestamp.
+pub(super) fn scan(
+    records: &sled::Tree,
+    merkle_upkeep: bool,
+) -> Result<(WriteState, Timestamp), StoreError> {
     let mut merkle = MerkleTree::new();
     let mut counts = Counts::default();
     let mut highest = Timestamp::default();
@@ -132,7 +133,9 @@ pub(super) fn scan(records: &sled::Tree) -> Result<(WriteState, Timestamp), Stor
         };
         let (version, live) = codec::peek_record(&bytes)
             .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })?;
-        merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
+        if merkle_upkeep {
+            merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));
+        }
         highest = highest.max(codec::decode_version(version).ts);
         if live {
             if Key::is_todo_bytes(key_bytes) {

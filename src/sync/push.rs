@@ -32,6 +32,8 @@ const OUTBOX_DRAIN: usize = 4_096;
 
 /// One peer's pipeline: its queue, and the task that empties it.
 struct Pipeline {
+    addr: String,
+    stats: Arc<PushStats>,
     queue: Arc<Mutex<VecDeque<(Key, Record)>>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
@@ -49,13 +51,14 @@ impl Pipeline {
     ) -> Pipeline {
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let wake = Arc::new(Notify::new());
-        let (q, w, s) = (queue.clone(), wake.clone(), stop.clone());
-        tasks.spawn(async move { send_loop(&addr, peer.as_ref(), &q, &w, &stats, &s).await });
-        Pipeline { queue, wake, stop, dropping: false }
+        let (a, q, w, st, s) =
+            (addr.clone(), queue.clone(), wake.clone(), stats.clone(), stop.clone());
+        tasks.spawn(async move { send_loop(&a, peer.as_ref(), &q, &w, &st, &s).await });
+        Pipeline { addr, stats, queue, wake, stop, dropping: false }
     }
 
     /// Queues `records`, counting what does not fit.
-    fn offer(&mut self, records: &[(Key, Record)], stats: &PushStats, addr: &str) {
+    fn offer(&mut self, records: &[(Key, Record)]) {
         let dropped = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             let room = PEER_QUEUE_RECORDS.saturating_sub(queue.len());
@@ -63,9 +66,9 @@ impl Pipeline {
             records.len().saturating_sub(room)
         };
         if dropped > 0 {
-            PushStats::add(&stats.dropped_records, dropped);
+            PushStats::add(&self.stats.dropped_records, dropped);
             if !self.dropping {
-                tracing::warn!(peer = %addr, "push queue full: this peer is too slow or down; dropped writes are counted and left to anti-entropy");
+                tracing::warn!(peer = %self.addr, "push queue full: this peer is too slow or down; dropped writes are counted and left to anti-entropy");
             }
         }
         self.dropping = dropped > 0;
@@ -153,7 +156,7 @@ pub async fn push_loop(
                 let stop = stop.child_token();
                 Pipeline::start(member.addr.clone(), peer.clone(), stats.clone(), &mut tasks, stop)
             });
-            pipeline.offer(&records, &stats, &member.addr);
+            pipeline.offer(&records);
         }
         records.clear();
     }
@@ -258,10 +261,10 @@ mod tests {
         let stop = CancellationToken::new();
         let dyn_peer: Arc<dyn Peer> = peer.clone();
         let mut pipeline = Pipeline::start("p:1".into(), dyn_peer, stats.clone(), &mut tasks, stop);
-        pipeline.offer(&[record(0)], &stats, "p:1");
+        pipeline.offer(&[record(0)]);
         until("the first push to start", || pipeline.queue.lock().unwrap().is_empty()).await;
         for n in 1..1_000 {
-            pipeline.offer(&[record(n)], &stats, "p:1");
+            pipeline.offer(&[record(n)]);
         }
         peer.gate.add_permits(2);
         until("both pushes", || PushStats::get(&stats.sent_records) == 1_000).await;
@@ -288,7 +291,7 @@ mod tests {
         let records: Vec<_> = (0..1_000).map(record).collect();
         let offers = PEER_QUEUE_RECORDS / 1_000 + 20;
         for _ in 0..offers {
-            pipeline.offer(&records, &stats, "p:1");
+            pipeline.offer(&records);
         }
         let offered = offers * 1_000;
         let dropped = PushStats::get(&stats.dropped_records) as usize;
