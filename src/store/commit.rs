@@ -115,11 +115,19 @@ impl Committer {
 
     /// Resolves once the apply numbered `seq` is on disk, or fails if it was lost.
     pub(super) async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let start = std::time::Instant::now();
         let mut state = self.shared.state.subscribe();
         let reached = state
             .wait_for(|s| s.flushed >= seq || s.lost(seq).is_some())
             .await
             .map_err(|_| StoreError::Closed)?;
+        if start.elapsed() >= std::time::Duration::from_millis(40) {
+            tracing::debug!(
+                wait_ms = start.elapsed().as_secs_f64() * 1e3,
+                seq,
+                "slow durable wait"
+            );
+        }
         match reached.lost(seq) {
             Some(lost) => {
                 Err(StoreError::Unwritable { kind: lost.kind, reason: lost.reason.to_string() })

@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
@@ -152,15 +153,31 @@ struct Engine {
 
 impl Engine {
     /// sled's flush, then an `fdatasync` of its data file.
+    /// A flush slower than `SLOW_FLUSH` is logged (at debug) with how its time split.
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        let start = Instant::now();
+        let bytes = self.db.flush()?;
+        let flushed = start.elapsed();
         self.data_file.sync_data().map_err(sled::Error::Io)?;
+        let total = start.elapsed();
+        if total >= SLOW_FLUSH {
+            tracing::debug!(
+                total_ms = total.as_secs_f64() * 1e3,
+                sled_flush_ms = flushed.as_secs_f64() * 1e3,
+                fdatasync_ms = (total - flushed).as_secs_f64() * 1e3,
+                bytes,
+                "slow flush"
+            );
+        }
         Ok(())
     }
 }
 
+/// A flush this slow is logged at debug level.
+const SLOW_FLUSH: Duration = Duration::from_millis(20);
+
 /// How long a caller waits for the store to reopen after a fault.
-const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const REOPEN_WAIT: Duration = Duration::from_secs(3);
 
 struct Inner {
     dir: PathBuf,

@@ -71,6 +71,17 @@ pub fn start_on(
     seeds: &[u16],
     extra: &[&str],
 ) -> Result<Proc> {
+    // `KVS_BENCH_NODE_LOGS=DIR` keeps each node's log in DIR/NAME-PORT.log, at the level
+    // in `KVS_BENCH_LOG_LEVEL` (default warn): what a stall investigation needs.
+    let logs = std::env::var_os("KVS_BENCH_NODE_LOGS").map(std::path::PathBuf::from);
+    let level = std::env::var("KVS_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+    let stderr = match &logs {
+        Some(dir) => Stdio::from(
+            std::fs::File::create(dir.join(format!("{name}-{port}.log")))
+                .with_context(|| format!("cannot create a log in {}", dir.display()))?,
+        ),
+        None => Stdio::null(),
+    };
     let mut command = Command::new(kvs);
     command
         .args([
@@ -79,14 +90,14 @@ pub fn start_on(
             "--node-name",
             name,
             "--log-level",
-            "warn",
+            &level,
         ])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     if !seeds.is_empty() {
         let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         command.args(["--seeds", &seeds.join(",")]);

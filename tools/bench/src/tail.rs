@@ -1,7 +1,8 @@
 //! `tail`: write latency at light and moderate load. For one node and for three (writes
 //! on the first), measure the unpaced maximum, then run a paced load at 10 %, 50 % and
 //! 80 % of it for `--seconds` each and report p50, p99, p99.9, the maximum and how many
-//! writes took over 50 ms. Pacing is spread over `--clients` loops, so a slow write
+//! writes took over 50 ms, with a histogram of those (50–100, 100–250, 250–1000 ms and
+//! over a second). Pacing is spread over `--clients` loops, so a slow write
 //! delays only its own loop's next one.
 
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,9 @@ use crate::procs::{self, Proc};
 use crate::report::Figure;
 use crate::scenarios::{self, READY};
 use crate::Settings;
+
+/// The histogram of slow writes: (over, up to] in ms.
+const SLOW_BUCKETS_MS: [(u64, u64); 4] = [(50, 100), (100, 250), (250, 1000), (1000, u64::MAX)];
 
 pub async fn tail(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
@@ -57,6 +61,17 @@ pub async fn tail(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Fig
             figures.push(Figure::new(&format!("{label}, max"), "ms", max));
             let slow = latencies.iter().filter(|d| **d > Duration::from_millis(50)).count();
             figures.push(Figure::new(&format!("{label}, writes over 50 ms"), "count", slow as f64));
+            for (low, high) in SLOW_BUCKETS_MS {
+                let within = |d: &&Duration| {
+                    *d > &Duration::from_millis(low) && *d <= &Duration::from_millis(high)
+                };
+                let count = latencies.iter().filter(within).count();
+                let name = match high {
+                    u64::MAX => format!("{label}, writes over {low} ms"),
+                    _ => format!("{label}, writes {low}-{high} ms"),
+                };
+                figures.push(Figure::new(&name, "count", count as f64));
+            }
         }
         for node in running {
             node.stop()?;
