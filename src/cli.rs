@@ -26,6 +26,55 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print a new random 256-bit cluster key and how to use it.
     Keygen,
+    /// Write a local CA and one TLS certificate per node name (for a test cluster).
+    Certs(CertsArgs),
+    /// Make client tokens: a key pair, then tokens signed with its private key.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.pem, ca-key.pem, NAME.pem and NAME-key.pem into
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Comma-separated node names; each certificate is valid for its name, localhost,
+    /// 127.0.0.1 and ::1
+    #[arg(long, value_name = "N1,N2", value_delimiter = ',', required = true)]
+    pub names: Vec<String>,
+    /// More names or IP addresses every node certificate is valid for
+    #[arg(long = "san", value_name = "NAME_OR_IP")]
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Write a new Ed25519 key pair: PRIVATE (keep it off the nodes) and PUBLIC
+    /// (`auth.public_key` on every node).
+    Keypair {
+        /// Private key file to write (mode 600)
+        #[arg(long, value_name = "FILE", default_value = "token-private.pem")]
+        private: PathBuf,
+        /// Public key file to write
+        #[arg(long, value_name = "FILE", default_value = "token-public.pem")]
+        public: PathBuf,
+    },
+    /// Print a token signed with the private key.
+    Issue {
+        /// The private key from `kvs token keypair`
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Who the token is for (the rate limit counts per subject)
+        #[arg(long, value_name = "NAME")]
+        subject: String,
+        /// A permission ACTION:SCOPE, repeatable: ACTION is read, write, delete, admin or
+        /// metrics; SCOPE is todos, kv/<prefix> or * (admin and metrics take *)
+        #[arg(long = "allow", value_name = "ACTION:SCOPE", required = true)]
+        allow: Vec<String>,
+        /// How long the token is valid, e.g. 1h, 30d
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -109,6 +158,40 @@ pub struct ServeArgs {
     /// between requests [default: 20s]
     #[arg(long, env = "KVS_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
+    /// PEM certificate (chain) to serve TLS with; reloaded when the file changes or on
+    /// SIGHUP [default: plain HTTP]
+    #[arg(long, env = "KVS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "KVS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA peers verify each other against (from `kvs certs`)
+    #[arg(long, env = "KVS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// `mtls`: peers must present a certificate signed by --tls-ca on /internal/
+    /// [default: none]
+    #[arg(long, env = "KVS_TLS_PEER_AUTH", value_name = "none|mtls")]
+    pub tls_peer_auth: Option<String>,
+    /// Public key client tokens are verified with (`kvs token keypair`); with it,
+    /// every request needs a token except what --auth-anonymous allows
+    #[arg(long, env = "KVS_AUTH_PUBLIC_KEY", value_name = "FILE")]
+    pub auth_public_key: Option<PathBuf>,
+    /// Comma-separated permissions of requests without a token, e.g. read:todos
+    /// [default: none but /health/live and /health/ready]
+    #[arg(
+        long,
+        env = "KVS_AUTH_ANONYMOUS",
+        value_name = "ACTION:SCOPE,...",
+        value_delimiter = ','
+    )]
+    pub auth_anonymous: Option<Vec<String>>,
+    /// Requests per second each client (token subject, else IP) may make; 0 for no
+    /// limit [default: 0]
+    #[arg(long, env = "KVS_LIMITS_REQUESTS_PER_SECOND", value_name = "N")]
+    pub requests_per_second: Option<u32>,
+    /// Requests a client may make at once above the rate [default: the rate]
+    #[arg(long, env = "KVS_LIMITS_BURST", value_name = "N")]
+    pub burst: Option<u32>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
     #[arg(long, env = "KVS_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,

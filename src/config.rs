@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::auth::Secret;
 use crate::cli::{LogFormat, ServeArgs};
+use crate::tls::{PeerTls, TlsFiles};
+use crate::token::Permission;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kvs-data";
@@ -51,8 +53,31 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// False only for the `merkle-cost` benchmark (`--bench-skip-merkle`, standalone).
     pub merkle_upkeep: bool,
+    /// TLS on the one port; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Client tokens; `None` lets every client do everything.
+    pub auth: Option<AuthConfig>,
+    /// Per-client rate limit; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
     pub log_level: String,
     pub log_format: LogFormat,
+}
+
+/// `auth`: how client tokens are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    /// The PEM public key tokens are verified with (public: not a secret).
+    pub public_key_pem: Vec<u8>,
+    /// What a request without a token may do (`/health/live` and `/health/ready` are
+    /// always open).
+    pub anonymous: Vec<Permission>,
+}
+
+/// `limits`: requests per second per client, with a burst above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +106,35 @@ struct FileConfig {
     cluster: ClusterSection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    tls: TlsSection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    peer_auth: Option<PeerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    public_key: Option<PathBuf>,
+    anonymous: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,7 +190,10 @@ impl Config {
     }
 
     fn from_layers(args: &ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
-        let FileConfig { log_level, log_format, node, cluster, http } = file;
+        let FileConfig { log_level, log_format, node, cluster, http, tls, auth, limits } = file;
+        let tls = resolve_tls(args, tls)?;
+        let auth = resolve_auth(args, auth)?;
+        let rate_limit = resolve_limits(args, limits)?;
         let listen_text = args.listen.clone().or(node.listen).unwrap_or(DEFAULT_LISTEN.into());
         let mut listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid("node.listen", format!("{listen_text:?} is not an IP address with a port"))
@@ -276,10 +333,78 @@ impl Config {
                 Duration::from_secs(20),
             )?,
             merkle_upkeep: !args.bench_skip_merkle,
+            tls,
+            auth,
+            rate_limit,
             log_level: args.log_level.clone().or(log_level).unwrap_or("info".into()),
             log_format: args.log_format.or(log_format).unwrap_or(LogFormat::Text),
         })
     }
+}
+
+fn resolve_tls(args: &ServeArgs, file: TlsSection) -> Result<Option<TlsFiles>, ConfigError> {
+    let peer_auth = match &args.tls_peer_auth {
+        Some(text) => text.parse().map_err(|message| invalid("tls.peer_auth", message))?,
+        None => file.peer_auth.unwrap_or_default(),
+    };
+    let ca = args.tls_ca.clone().or(file.ca);
+    let tls = match (args.tls_cert.clone().or(file.cert), args.tls_key.clone().or(file.key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, ca, peer_auth }),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
+        (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+    };
+    match &tls {
+        Some(files) if peer_auth == PeerTls::Mtls && files.ca.is_none() => Err(invalid(
+            "tls.peer_auth",
+            "mtls needs tls.ca, the CA peer certificates are signed by (`kvs certs` writes one)",
+        )),
+        None if peer_auth == PeerTls::Mtls => {
+            Err(invalid("tls.peer_auth", "mtls needs TLS: set tls.cert and tls.key"))
+        }
+        _ => Ok(tls),
+    }
+}
+
+fn resolve_auth(args: &ServeArgs, file: AuthSection) -> Result<Option<AuthConfig>, ConfigError> {
+    let anonymous = args.auth_anonymous.clone().or(file.anonymous);
+    let Some(path) = args.auth_public_key.clone().or(file.public_key) else {
+        if anonymous.is_some() {
+            return Err(invalid("auth.anonymous", "needs auth.public_key (tokens are off)"));
+        }
+        return Ok(None);
+    };
+    let public_key_pem = std::fs::read(&path).map_err(|error| {
+        invalid("auth.public_key", format!("cannot read {}: {error}", path.display()))
+    })?;
+    crate::token::Verifier::new(&public_key_pem)
+        .map_err(|error| invalid("auth.public_key", format!("{}: {error}", path.display())))?;
+    let anonymous = anonymous
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|text| {
+            text.parse::<Permission>().map_err(|message| invalid("auth.anonymous", message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(AuthConfig { public_key_pem, anonymous }))
+}
+
+fn resolve_limits(args: &ServeArgs, file: LimitsSection) -> Result<Option<RateLimit>, ConfigError> {
+    let per_second = args.requests_per_second.or(file.requests_per_second).unwrap_or(0);
+    let burst = args.burst.or(file.burst);
+    if per_second == 0 {
+        if burst.is_some() {
+            return Err(invalid("limits.burst", "needs limits.requests_per_second"));
+        }
+        return Ok(None);
+    }
+    let burst = burst.unwrap_or(per_second);
+    if burst == 0 {
+        return Err(invalid("limits.burst", "must be greater than 0"));
+    }
+    Ok(Some(RateLimit { per_second, burst }))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -16,7 +16,7 @@ use crate::auth::{ClusterKey, PeerAuth};
 use crate::clock::{Hlc, Observation, PhysicalClock, SystemClock};
 use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
-use crate::http::{self, AppState, NodeInfo};
+use crate::http::{self, Access, AppState, NodeInfo};
 use crate::model::Origin;
 use crate::peer::PeerClient;
 use crate::service::{Phase, Readiness, Services, TtlRules};
@@ -24,6 +24,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::faults::{Faults, FaultyPeer};
 use crate::sync::Driver;
 use crate::telemetry::Throttle;
+use crate::tls::{Certificate, Tls};
 use crate::transport::Peer;
 use crate::{gc, gossip, sync};
 
@@ -40,6 +41,10 @@ pub enum DaemonError {
     Close(StoreError),
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("auth.public_key: {0}")]
+    Token(#[from] crate::token::TokenError),
 }
 
 /// What a test may swap out.
@@ -82,6 +87,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Binds, opens the store and starts serving; returns once the node accepts requests.
 pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError> {
+    let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+    let access = Access::from_config(&config)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
@@ -99,7 +106,10 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
     };
-    tasks.spawn(http::serve(listener, app, stop, limits));
+    tasks.spawn(http::serve(listener, app, stop, limits, tls.clone()));
+    if let Some(tls) = &tls {
+        tasks.spawn(reload_certificate(tls.certificate.clone(), shutdown.clone()));
+    }
     // If starting fails below, the listener must not outlive the attempt.
     let stop_on_error = shutdown.clone().drop_guard();
 
@@ -165,8 +175,12 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
     };
     let cluster = Cluster::new(me, timeouts, options.physical_clock.clone());
     let key = config.cluster_key.as_ref().map(|secret| ClusterKey::new(&secret.0));
-    let client: Arc<dyn Peer> =
-        Arc::new(PeerClient::new(key.clone(), identity.node.0, options.physical_clock.clone()));
+    let client: Arc<dyn Peer> = Arc::new(PeerClient::new(
+        key.clone(),
+        identity.node.0,
+        options.physical_clock.clone(),
+        tls.as_ref().map(|tls| tls.peer_client.clone()),
+    ));
     let peer: Arc<dyn Peer> = match options.faults.clone() {
         Some(faults) => Arc::new(FaultyPeer { inner: client, faults }),
         None => client,
@@ -207,6 +221,8 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         peer_auth: Arc::new(peer_auth),
         peer_slots: Arc::new(tokio::sync::Semaphore::new(http::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::new(Throttle::default()),
+        access: Arc::new(access),
+        tls: tls.is_some(),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");
@@ -306,6 +322,35 @@ impl Node {
                     "the store did not close within {SHUTDOWN_GRACE:?}; exiting anyway"
                 );
                 Ok(())
+            }
+        }
+    }
+}
+
+/// How often the certificate files are checked for a change.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads the TLS certificate when its files change and on SIGHUP, until `stop`.
+async fn reload_certificate(certificate: Arc<Certificate>, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CERT_CHECK_INTERVAL) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        #[cfg(not(unix))]
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CERT_CHECK_INTERVAL) => false,
+        };
+        match certificate.reload(forced) {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "TLS certificate not reloaded; the previous one stays in use")
             }
         }
     }

@@ -5,6 +5,8 @@
 //! - [`clock`]: the hybrid logical clock that stamps local writes; bounded skew.
 //! - [`merkle`]: the tictac Merkle tree over key hashes. Pure.
 //! - [`codec`]: byte encodings for disk and wire; capped zstd.
+//! - [`token`], [`tls`], [`keys`]: client tokens and permissions; TLS (rustls) with
+//!   certificate reload; making certificates and token keys (rcgen).
 //! - [`cli`], [`config`]: raw flags, then the validated configuration.
 //! - [`wire`]: the peer protocol's byte formats, every decode checked.
 //! - [`cluster`]: membership (pure state machine) and its shared handle.
@@ -28,6 +30,7 @@ pub mod daemon;
 pub mod gc;
 pub mod gossip;
 pub mod http;
+pub mod keys;
 pub mod merkle;
 pub mod model;
 pub mod peer;
@@ -35,5 +38,7 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
+pub mod token;
 pub mod transport;
 pub mod wire;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvs::cli::{Cli, Command, ServeArgs};
+use kvs::cli::{CertsArgs, Cli, Command, ServeArgs, TokenCommand};
 use kvs::config::{self, Config};
 use kvs::{daemon, telemetry};
 
@@ -20,6 +20,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Certs(args)) => certs(&args),
+        Some(Command::Token(command)) => token(command),
         None => serve(&cli.serve),
     }
 }
@@ -32,6 +34,84 @@ fn keygen() {
     eprintln!("  kvs keygen > kvs.key && chmod 600 kvs.key");
     eprintln!("  kvs --cluster-key-file kvs.key ...   (or cluster.key_file in the config)");
     eprintln!("Keep it secret: anyone holding it can join the cluster and read its data.");
+}
+
+fn certs(args: &CertsArgs) -> ExitCode {
+    match kvs::keys::write_certs(&args.out, &args.names, &args.sans) {
+        Ok(written) => {
+            println!("CA certificate     {}", written.ca.display());
+            for (name, cert, key) in &written.nodes {
+                println!("{name:<18} {}  {}", cert.display(), key.display());
+            }
+            eprintln!();
+            eprintln!("Give node NAME: tls.cert NAME.pem, tls.key NAME-key.pem, tls.ca ca.pem");
+            eprintln!("(and tls.peer_auth: mtls to require them between peers). Keep ca-key.pem");
+            eprintln!("off the nodes; clients trust ca.pem (curl --cacert ca.pem).");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kvs certs: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(command: TokenCommand) -> ExitCode {
+    let outcome = match command {
+        TokenCommand::Keypair { private, public } => token_keypair(&private, &public),
+        TokenCommand::Issue { key, subject, allow, ttl } => {
+            token_issue(&key, &subject, &allow, &ttl)
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("kvs token: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn token_keypair(private: &std::path::Path, public: &std::path::Path) -> Result<(), (u8, String)> {
+    let (private_pem, public_pem) = kvs::keys::token_keypair().map_err(|e| (1, e.to_string()))?;
+    kvs::keys::write_new(private, &private_pem, true).map_err(|e| (1, e.to_string()))?;
+    kvs::keys::write_new(public, &public_pem, false).map_err(|e| (1, e.to_string()))?;
+    println!("private key  {}  (keep it off the nodes; it signs tokens)", private.display());
+    println!("public key   {}  (auth.public_key on every node)", public.display());
+    Ok(())
+}
+
+fn token_issue(
+    key: &std::path::Path,
+    subject: &str,
+    allow: &[String],
+    ttl: &str,
+) -> Result<(), (u8, String)> {
+    let ttl = humantime::parse_duration(ttl).map_err(|error| {
+        (2, format!("--ttl {ttl:?} is not a duration like 1h or 30d ({error})"))
+    })?;
+    if subject.trim().is_empty() {
+        return Err((2, "--subject must not be empty".into()));
+    }
+    let allow = allow
+        .iter()
+        .map(|text| text.parse::<kvs::token::Permission>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| (2, message))?;
+    let pem = std::fs::read(key)
+        .map_err(|error| (1, format!("cannot read {}: {error}", key.display())))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let (token, id) = kvs::token::issue(&pem, subject, &allow, ttl, now)
+        .map_err(|error| (1, format!("{}: {error}", key.display())))?;
+    println!("{token}");
+    eprintln!();
+    eprintln!("token id {id} for {subject}, valid {}", humantime::format_duration(ttl));
+    eprintln!("use it:     curl -H \"Authorization: Bearer $TOKEN\" ...");
+    eprintln!("revoke it:  POST /admin/v1/revoke {{\"token_id\": \"{id}\"}} (needs admin:*)");
+    Ok(())
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {

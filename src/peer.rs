@@ -30,6 +30,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// `https` when the cluster runs TLS.
+    scheme: &'static str,
     key: Option<ClusterKey>,
     /// This node's id: the sender every request names.
     me: uuid::Uuid,
@@ -44,14 +46,25 @@ enum Size {
 }
 
 impl PeerClient {
-    pub fn new(key: Option<ClusterKey>, me: uuid::Uuid, clock: Arc<dyn PhysicalClock>) -> Self {
-        let http = reqwest::Client::builder()
+    /// `tls`: `None` for plain HTTP; `Some(None)` for TLS trusting the system's roots;
+    /// `Some(Some(config))` for TLS with the cluster's CA (and our certificate, under
+    /// mutual TLS).
+    pub fn new(
+        key: Option<ClusterKey>,
+        me: uuid::Uuid,
+        clock: Arc<dyn PhysicalClock>,
+        tls: Option<Option<crate::tls::ClientTls>>,
+    ) -> Self {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(STALL_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("a client without TLS roots or proxies builds");
-        PeerClient { http, key, me, clock }
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(Some(config)) = &tls {
+            builder = builder.use_preconfigured_tls(config.clone());
+        }
+        let http = builder.build().expect("a client without proxies builds");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        PeerClient { http, scheme, key, me, clock }
     }
 
     async fn call(
@@ -64,7 +77,7 @@ impl PeerClient {
         let path = format!("/internal/v1/{path}");
         let mut request = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme))
             .header("content-type", "application/octet-stream")
             .header(FROM_HEADER, self.me.simple().to_string());
         if let Size::Small = size {

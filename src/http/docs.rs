@@ -7,9 +7,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::Caller;
 use super::extract::{if_match, PathParam, Query, RawJson};
 use super::problem::{ApiError, Problem};
 use super::{conditional_get, page_limit, with_etag, AppState, VersionBody};
+use crate::service::docs::RESERVED_PREFIX;
+use crate::token::{Action, Resource};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocVersion {
@@ -50,10 +53,13 @@ pub struct ListDocs {
     ))]
 pub async fn put(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(key): PathParam,
     headers: HeaderMap,
     RawJson(body): RawJson,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Write, Resource::Kv(&key))?;
+    refuse_reserved(&key)?;
     let condition = if_match(&headers)?;
     let (created, version) =
         state.services.docs.put(&key, body.to_vec(), condition.as_ref()).await?;
@@ -78,9 +84,11 @@ pub async fn put(
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(key): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Read, Resource::Kv(&key))?;
     let (bytes, version) = state
         .services
         .docs
@@ -101,9 +109,12 @@ pub async fn get(
     ))]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(key): PathParam,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Delete, Resource::Kv(&key))?;
+    refuse_reserved(&key)?;
     let condition = if_match(&headers)?;
     state.services.docs.delete(&key, condition.as_ref()).await.map_err(|e| {
         ApiError::from_service(e, || ApiError::NotFound(format!("no document at {key:?}")))
@@ -119,14 +130,18 @@ pub async fn delete(
     ))]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<ListDocs>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(params.limit)?;
     let prefix = params.prefix.unwrap_or_default();
+    caller.require_listing(&prefix)?;
     let page = state.services.docs.list(&prefix, limit, params.cursor.as_deref())?;
+    // Only what the caller may read; a page can then hold fewer than `limit` keys.
     let keys = page
         .entries
         .iter()
+        .filter(|entry| caller.may_read_doc(&entry.path))
         .map(|entry| DocVersion {
             key: entry.path.clone(),
             version: VersionBody::from(&entry.version),
@@ -144,6 +159,16 @@ pub async fn list(
         }
     }
     Ok(response)
+}
+
+/// Clients never write under kvs's own prefix (revocations are made by the admin route).
+fn refuse_reserved(key: &str) -> Result<(), ApiError> {
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::Forbidden(format!(
+            "keys under {RESERVED_PREFIX} are kvs's own and cannot be written by clients"
+        )));
+    }
+    Ok(())
 }
 
 /// Percent-encodes everything but unreserved characters and `/`.

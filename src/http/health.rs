@@ -117,10 +117,15 @@ pub struct Security {
     /// How peer routes are guarded: `signed` (cluster key), `open` (no key: loopback
     /// or `cluster.insecure`) or `closed` (no key beyond loopback).
     pub peer_auth: &'static str,
-    /// TLS on this port (not built yet: always false).
+    /// TLS on this port.
     pub tls: bool,
-    /// Client tokens required on the public API (not built yet: always false).
+    /// Peers must present a certificate signed by `tls.ca` (`tls.peer_auth: mtls`).
+    pub peer_mtls: bool,
+    /// Client tokens required on the public API (`auth.public_key`).
     pub client_auth: bool,
+    /// Per-client rate limit, requests per second (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 /// The process is up.
@@ -192,8 +197,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         furthest_refused_ahead_ms: data.furthest_refused_ms,
         security: Security {
             peer_auth: state.peer_auth.describe(),
-            tls: false,
-            client_auth: false,
+            tls: state.tls,
+            peer_mtls: state.access.peer_cert_required,
+            client_auth: state.access.verifier.is_some(),
+            rate_limit_per_second: state.access.limiter.as_ref().map(|l| l.per_second),
         },
         storage: data.storage.into(),
         push: {

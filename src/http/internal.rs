@@ -14,6 +14,7 @@ use crate::auth::{PeerAuth, FROM_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEADE
 use crate::cluster::MAX_MEMBERS;
 use crate::sync::receiver::{self, ReceiveError};
 use crate::sync::SyncError;
+use crate::tls::ClientCert;
 
 fn octets(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -49,6 +50,15 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         .and_then(|text| text.parse::<u64>().ok());
     if announced.is_some_and(|length| length > INTERNAL_BODY_LIMIT as u64) {
         return too_large();
+    }
+    if state.access.peer_cert_required
+        && !request.extensions().get::<ClientCert>().is_some_and(|cert| cert.verified)
+    {
+        return ApiError::Forbidden(
+            "peer routes need a client certificate signed by the cluster's CA (tls.peer_auth: mtls)"
+                .into(),
+        )
+        .into_response();
     }
     if request.uri().path() != "/internal/v1/gossip" && !state.services.replica.writable() {
         // Merging needs a writable store; the peer retries on its next round.

@@ -1,10 +1,13 @@
 //! The HTTP API (the only user of axum): router, extractors, the error table, handlers,
 //! OpenAPI and the offline `/docs` page.
 
+mod access;
+mod admin;
 mod docs;
 mod extract;
 mod health;
 mod internal;
+mod limit;
 mod problem;
 mod serve;
 mod todos;
@@ -28,6 +31,7 @@ use crate::model::{NodeId, Version};
 use crate::service::Services;
 use crate::sync::Driver;
 use crate::telemetry::Throttle;
+pub use access::Access;
 pub use problem::ApiError;
 pub use serve::{serve, Limits};
 
@@ -55,6 +59,10 @@ pub struct AppState {
     pub peer_slots: Arc<tokio::sync::Semaphore>,
     /// Repeated warnings (refused peers, say) are logged at most every few seconds.
     pub warnings: Arc<Throttle>,
+    /// Client tokens, rate limits and the mutual-TLS rule for peers.
+    pub access: Arc<Access>,
+    /// Whether this port serves TLS (for `/health/info`).
+    pub tls: bool,
 }
 
 /// A version as the API shows it.
@@ -160,12 +168,15 @@ pub const PEER_REQUESTS_AT_ONCE: usize = 8;
 
 /// Every route. A plain function of the state, so tests can call it without a socket.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let data = Router::new()
+    let todo_routes = Router::new()
         .route("/todos", get(todos::list).post(todos::create))
         .route(
             "/todos/{id}",
             get(todos::get).put(todos::update).patch(todos::update).delete(todos::delete),
         )
+        .route_layer(middleware::from_fn(access::guard_todos));
+    let data = Router::new()
+        .merge(todo_routes)
         .route("/kv", get(docs::list))
         .route("/kv/{*key}", get(docs::get).put(docs::put).delete(docs::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
@@ -179,19 +190,29 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/internal/v1/sync", post(internal::sync_now))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::authenticate))
         .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
-    let swagger = SwaggerUi::new("/docs")
+    let swagger: Router<AppState> = SwaggerUi::new("/docs")
         .url("/openapi.json", openapi())
-        .config(utoipa_swagger_ui::Config::default().validator_url("none"));
+        .config(utoipa_swagger_ui::Config::default().validator_url("none"))
+        .into();
+    let swagger = swagger.route_layer(middleware::from_fn(access::guard_docs));
+    let node = Router::new()
+        .route("/health/info", get(health::info))
+        .route_layer(middleware::from_fn(access::guard_metrics));
+    let admin = Router::new()
+        .route("/admin/v1/revoke", post(admin::revoke))
+        .route_layer(middleware::from_fn(access::guard_admin));
     Router::new()
         .merge(data)
         .merge(internal)
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .route("/health/info", get(health::info))
+        .merge(node)
+        .merge(admin)
         .merge(swagger)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), access::identify))
         // Failures are logged where they are understood (ApiError, the store's fault
         // state), once; tower's per-response ERROR would repeat them for every request.
         .layer(

@@ -25,6 +25,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A peer request without the cluster key.
     Unauthorized,
+    /// A client request without a valid token (the detail says what was wrong).
+    NoToken(String),
+    /// The client's token does not permit this (the detail names the permission).
+    Forbidden(String),
+    /// The client went over its rate limit; retry after this many seconds.
+    TooManyRequests {
+        retry_after_secs: u64,
+        limit: u32,
+    },
     /// The request (its body, say) took longer than the limit.
     RequestTimeout,
     /// No cluster key and listening beyond loopback: peer routes are closed.
@@ -74,7 +83,9 @@ impl ApiError {
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::NoToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PeersClosed => StatusCode::FORBIDDEN,
             ApiError::NotReady | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,7 +103,12 @@ impl ApiError {
             | ApiError::Conflict(detail)
             | ApiError::PayloadTooLarge(detail)
             | ApiError::UnsupportedMediaType(detail)
+            | ApiError::NoToken(detail)
+            | ApiError::Forbidden(detail)
             | ApiError::BadGateway(detail) => detail.clone(),
+            ApiError::TooManyRequests { retry_after_secs, limit } => format!(
+                "over the rate limit of {limit} requests at once; retry in {retry_after_secs} s"
+            ),
             ApiError::Validation { field, message } => format!("{field}: {message}"),
             ApiError::MethodNotAllowed => "this route does not take that method".into(),
             ApiError::PreconditionFailed => {
@@ -187,6 +203,18 @@ impl IntoResponse for ApiError {
                 | ApiError::StorageFull
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        match &self {
+            ApiError::NoToken(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after_secs, limit } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+                headers.insert("ratelimit-reset", HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         response
     }

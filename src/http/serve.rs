@@ -3,7 +3,8 @@
 //! [`Limits::max_connections`] open at once (past it, new ones wait in the kernel's
 //! backlog), and a connection that does not deliver a request's headers within
 //! [`Limits::header_read_timeout`] — a slow sender, or an idle keep-alive connection —
-//! is closed.
+//! is closed. With TLS the handshake gets the same time, and each request carries how
+//! its client identified itself ([`ClientCert`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,16 +20,26 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::tls::{self, ClientCert, Tls};
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
-    /// From the moment a connection waits for a request until its headers are in.
+    /// From the moment a connection waits for a request until its headers are in (and,
+    /// with TLS, for the handshake).
     pub header_read_timeout: Duration,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled, then lets requests in flight
 /// finish (each connection closes after its current request).
-pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, limits: Limits) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    limits: Limits,
+    tls: Option<Tls>,
+) {
+    let acceptor = tls.as_ref().map(Tls::acceptor);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut refused_while_full = false;
@@ -63,26 +74,43 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, 
         };
         refused_while_full = false;
         let _ = stream.set_nodelay(true);
-        let (app, stop) = (app.clone(), stop.clone());
+        let (app, stop, acceptor) = (app.clone(), stop.clone(), acceptor.clone());
         connections.spawn(async move {
             let _slot = slot;
-            serve_connection(stream, remote, app, limits, stop).await;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, remote, None, app, limits, stop).await;
+            };
+            match tokio::time::timeout(limits.header_read_timeout, tls::accept(&acceptor, stream))
+                .await
+            {
+                Ok(Ok((stream, cert))) => {
+                    serve_connection(stream, remote, Some(cert), app, limits, stop).await
+                }
+                Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+            }
         });
     }
     connections.close();
     connections.wait().await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     remote: SocketAddr,
+    cert: Option<ClientCert>,
     app: Router,
     limits: Limits,
     stop: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(app.map_request(
         move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
+            if let Some(cert) = cert {
+                request.extensions_mut().insert(cert);
+            }
             request
         },
     ));

@@ -65,8 +65,12 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         forget_after_ms: 60_000,
     };
     let cluster = crate::cluster::Cluster::new(me, timeouts, Arc::new(SystemClock));
-    let peer: Arc<dyn crate::transport::Peer> =
-        Arc::new(crate::peer::PeerClient::new(None, uuid::Uuid::nil(), Arc::new(SystemClock)));
+    let peer: Arc<dyn crate::transport::Peer> = Arc::new(crate::peer::PeerClient::new(
+        None,
+        uuid::Uuid::nil(),
+        Arc::new(SystemClock),
+        None,
+    ));
     let driver = crate::sync::Driver::new(peer, services.replica.clone(), cluster.clone());
     let node = Arc::new(node);
     let state = AppState {
@@ -78,6 +82,8 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         peer_auth: Arc::new(crate::auth::PeerAuth::Open),
         peer_slots: Arc::new(tokio::sync::Semaphore::new(super::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::default(),
+        access: Arc::default(),
+        tls: false,
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

@@ -2,6 +2,14 @@ use super::{live, IfMatch, ServiceError, Writer};
 use crate::model::todo::FieldError;
 use crate::model::{Key, Record, Value, Version};
 
+/// Document paths under this prefix are kvs's own (token revocations, say): clients
+/// may read them with a permission that covers them, but never write or delete them.
+pub const RESERVED_PREFIX: &str = "_kvs/";
+
+/// A revoked token id `ID` is the document `_kvs/revoked/ID` (replicated like any
+/// write, so every node learns it within the push latency).
+pub const REVOKED_PREFIX: &str = "_kvs/revoked/";
+
 /// A document path with its current version (what a listing shows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocEntry {

@@ -1,7 +1,7 @@
 //! Application rules on top of the store: what a todo or a document write means, how
 //! preconditions and conflicts are decided. Knows nothing of HTTP.
 
-mod docs;
+pub mod docs;
 mod readiness;
 mod replica;
 mod todos;

@@ -19,6 +19,12 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("hyper", &["http/"]),
     ("hyper_util", &["http/"]),
     ("tracing_subscriber", &["telemetry.rs"]),
+    ("rustls", &["tls.rs"]),
+    ("tokio_rustls", &["tls.rs"]),
+    ("rustls_pki_types", &["tls.rs"]),
+    ("rcgen", &["keys.rs"]),
+    ("jsonwebtoken", &["token.rs"]),
+    ("governor", &["http/limit.rs"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod durability;
 mod layout;
+mod security;
 mod sim;
 mod storage;
 mod support;
