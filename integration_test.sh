@@ -42,7 +42,14 @@ free_port() {
 # json FIELD: reads JSON on stdin, prints a top-level field (python3 does the parsing).
 json() { python3 -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print(v if not isinstance(v,(dict,list)) else json.dumps(v))' "$1"; }
 
-url() { echo "http://127.0.0.1:${PORTS[$1]}"; }
+url() { echo "${SCHEME:-http}://127.0.0.1:${PORTS[$1]}"; }
+
+# Inside a scenario that sets them: TLS_DIR (certificates from `kvs certs`, a token key
+# and a cluster key) makes nodes serve TLS with mutual TLS between peers and require
+# tokens; CURL_EXTRA is what every curl of the helpers adds (--cacert, the token).
+TLS_DIR=""
+CURL_EXTRA=()
+curl() { command curl "${CURL_EXTRA[@]}" "$@"; }
 
 # start NAME DATA_DIR [SEED_NODE...]: starts a node (reusing its port on restart).
 start() {
@@ -54,6 +61,11 @@ start() {
   local args=(--listen "127.0.0.1:$port" --data-dir "$data" --node-name "$name"
               --sync-interval 200ms --gossip-interval 100ms --join-timeout 3s)
   [ -n "$seeds" ] && args+=(--seeds "$seeds")
+  if [ -n "$TLS_DIR" ]; then
+    args+=(--tls-cert "$TLS_DIR/$name.pem" --tls-key "$TLS_DIR/$name-key.pem"
+           --tls-ca "$TLS_DIR/ca.pem" --tls-peer-auth mtls
+           --auth-public-key "$TLS_DIR/token-public.pem" --cluster-key-file "$TLS_DIR/cluster.key")
+  fi
   "$KVS" "${args[@]}" > >(sed -u "s/^/[$name] /" >> "$WORK/$SCENARIO.log") 2>&1 &
   PIDS[$name]=$!
   echo "$!" >> "$STARTED"
@@ -259,6 +271,26 @@ scenario_conflict_fixtures() {
   for n in n1 n2 n3; do fixture_matches "$n"; done
 }
 
+# The replication scenario on a cluster with TLS, mutual TLS between peers, a cluster
+# key and client tokens; a request without a token is refused, one with it served.
+scenario_replication_over_tls_with_tokens() {
+  TLS_DIR="$WORK/$SCENARIO/certs"
+  "$KVS" certs --out "$TLS_DIR" --names n1,n2,n3 >/dev/null 2>&1
+  "$KVS" token keypair --private "$TLS_DIR/token-private.pem" --public "$TLS_DIR/token-public.pem" >/dev/null
+  "$KVS" keygen > "$TLS_DIR/cluster.key" 2>/dev/null
+  chmod 600 "$TLS_DIR/cluster.key"
+  local token
+  token=$("$KVS" token issue --key "$TLS_DIR/token-private.pem" --subject integration \
+            --allow 'read:*' --allow 'write:*' --allow 'delete:*' --allow 'metrics:*' --ttl 1h 2>/dev/null)
+  SCHEME=https
+  CURL_EXTRA=(--cacert "$TLS_DIR/ca.pem" -H "Authorization: Bearer $token")
+  scenario_replication
+  CURL_EXTRA=(--cacert "$TLS_DIR/ca.pem")
+  expect_status 401 "$(url n1)/todos"
+  expect_status 401 "$(url n2)/todos" -H "Authorization: Bearer not-a-token"
+  expect_status 200 "$(url n3)/health/ready"
+}
+
 # ---------------------------------------------------------------- runner
 
 run() {
@@ -283,7 +315,7 @@ run() {
 
 SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
            delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures
-           disk_full_recovers_and_converges)
+           disk_full_recovers_and_converges replication_over_tls_with_tokens)
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
 for s in "${SCENARIOS[@]}"; do run "$s"; done
 echo "$PASSED passed, $FAILED failed"

@@ -161,42 +161,56 @@ async fn under_mtls_a_peer_needs_a_ca_signed_certificate_but_public_clients_do_n
     node.node.shutdown().await.unwrap();
 }
 
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 #[tokio::test]
-async fn a_three_node_tls_cluster_with_mtls_converges() {
-    let certs = Certs::new(&["n1", "n2", "n3"]);
-    let key: [u8; 32] = rand_key();
-    let configure = |name: &str, seeds: Vec<String>| {
-        let files = certs.files(name, PeerTls::Mtls);
-        move |dir: &Path| Config {
-            tls: Some(files),
-            seeds,
-            cluster_key: Some(kvs::auth::Secret(key)),
-            ..base_config(dir)
+async fn the_three_node_tls_cluster_in_configs_converges() {
+    let certs = Certs::new(&["node-1", "node-2", "node-3"]);
+    let data = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (mut nodes, mut running) = (Vec::new(), Vec::new());
+    for n in 1..=3 {
+        let mut yaml =
+            std::fs::read_to_string(root.join(format!("configs/tls/node{n}.yaml"))).unwrap();
+        yaml = yaml
+            .replace("./configs/tls/certs/", &format!("{}/", certs.dir.path().display()))
+            .replace("./data/", &format!("{}/", data.path().display()));
+        for (i, port) in ports.iter().enumerate() {
+            yaml = yaml.replace(&format!("127.0.0.1:809{}", i + 1), &format!("127.0.0.1:{port}"));
         }
-    };
-    let first = start(configure("n1", vec![]), "https").await;
-    let seed = first.node.addr().to_string();
-    let second = start(configure("n2", vec![seed.clone()]), "https").await;
-    let third = start(configure("n3", vec![seed]), "https").await;
+        let mut config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(config.tls.as_ref().unwrap().peer_auth, PeerTls::Mtls);
+        config.sync_interval = Duration::from_millis(200);
+        config.gossip_interval = Duration::from_millis(50);
+        let node = daemon::start(config, Options::default()).await.unwrap();
+        nodes.push(format!("https://{}", node.addr()));
+        running.push(node);
+    }
     let http = certs.client(None);
-    let created = http
-        .post(format!("{}/todos", first.base))
-        .json(&json!({"todo": "over TLS"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
+    let created = eventually("node 1 takes a write over TLS", CONVERGE, || async {
+        let response = http
+            .post(format!("{}/todos", nodes[0]))
+            .json(&json!({"todo": "over TLS"}))
+            .send()
+            .await;
+        response.ok().filter(|r| r.status() == StatusCode::CREATED)
+    })
+    .await;
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    for node in [&second, &third] {
-        let url = format!("{}/todos/{id}", node.base);
+    for base in &nodes[1..] {
+        let url = format!("{base}/todos/{id}");
         eventually("the todo reaches every node over TLS", CONVERGE, || async {
             let response = http.get(&url).send().await.ok()?;
             (response.status() == StatusCode::OK).then_some(())
         })
         .await;
     }
-    for node in [first, second, third] {
-        node.node.shutdown().await.unwrap();
+    for node in running {
+        node.shutdown().await.unwrap();
     }
 }
 
