@@ -143,15 +143,82 @@ pub fn rfc3339(ms: u64) -> String {
         todos::create, todos::list, todos::get, todos::update, todos::delete,
         docs::put, docs::get, docs::delete, docs::list,
         health::live, health::ready, health::info,
+        admin::revoke,
     ),
     components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
+    modifiers(&AccessResponses),
     tags(
         (name = "todos", description = "The todo collection"),
         (name = "kv", description = "Raw JSON documents"),
         (name = "health", description = "Liveness, readiness, node information"),
+        (name = "admin", description = "Cluster administration (admin:*)"),
     )
 )]
 struct ApiDoc;
+
+/// The access layer's part of the contract, added to every operation but the two
+/// health probes (which are always open and never limited): the optional bearer token
+/// (tokens are on when the node has `auth.public_key`), and 401, 403 and 429.
+struct AccessResponses;
+
+impl utoipa::Modify for AccessResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some("An EdDSA token from `kvs token issue`"))
+                        .build(),
+                ),
+            );
+        }
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/health/live" || path == "/health/ready" {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.security = Some(vec![
+                    SecurityRequirement::default(),
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+                let responses = &mut operation.responses.responses;
+                for (status, description) in [
+                    ("401", "No valid token (missing, expired, revoked or malformed)"),
+                    ("403", "The token does not permit this"),
+                    ("429", "Over the client's rate limit (see Retry-After)"),
+                ] {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {

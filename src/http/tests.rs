@@ -558,6 +558,16 @@ async fn openapi_and_offline_docs() {
     for path in ["/todos", "/todos/{id}", "/kv/{key}", "/kv", "/health/info"] {
         assert!(spec["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    // The access layer's statuses are on every operation but the open health probes.
+    assert_eq!(spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, method) in [("/todos", "post"), ("/kv/{key}", "get"), ("/admin/v1/revoke", "post")] {
+        let operation = &spec["paths"][path][method];
+        for status in ["401", "403", "429"] {
+            assert!(operation["responses"].get(status).is_some(), "{method} {path}: no {status}");
+        }
+        assert_eq!(operation["security"][1]["bearer"], serde_json::json!([]), "{path}");
+    }
+    assert!(spec["paths"]["/health/live"]["get"]["responses"].get("401").is_none());
     let page = h.call(Method::GET, "/docs/", &[], None).await;
     assert_eq!(page.status, StatusCode::OK);
     let html = String::from_utf8(page.body).unwrap();
