@@ -163,6 +163,8 @@ pub struct Client {
     pub subject: String,
     pub token_id: String,
     pub grants: Grants,
+    /// When the token expires (seconds since the epoch).
+    pub expires_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +220,12 @@ impl Verifier {
             .map(|text| text.parse::<Permission>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(TokenError::Invalid)?;
-        Ok(Client { subject: claims.sub, token_id: claims.jti, grants: Grants(grants) })
+        Ok(Client {
+            subject: claims.sub,
+            token_id: claims.jti,
+            grants: Grants(grants),
+            expires_at: claims.exp,
+        })
     }
 }
 

@@ -9,8 +9,9 @@
 //! [`Caller::require`] for the permission their operation needs (403), before touching
 //! the store, so a refusal never says whether a key exists.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -24,11 +25,18 @@ use super::AppState;
 use crate::service::docs::REVOKED_PREFIX;
 use crate::token::{Action, Client, Grants, Resource, Verifier};
 
+/// Verified tokens kept at most: a signature check costs more than serving a read, so a
+/// client's token is checked once, then found here until it expires.
+const VERIFIED_CACHE: usize = 4_096;
+
 /// The node's access rules, built once from the config.
 #[derive(Debug, Default)]
 pub struct Access {
     /// `None`: tokens are off and every client may do everything.
     pub verifier: Option<Verifier>,
+    /// Tokens whose signature verified, by token text (revocation is still checked on
+    /// every request).
+    verified: Mutex<HashMap<String, Arc<Client>>>,
     /// What a request without a token may do (with tokens on).
     pub anonymous: Grants,
     pub limiter: Option<Limiter>,
@@ -47,6 +55,7 @@ impl Access {
         };
         Ok(Access {
             verifier,
+            verified: Mutex::default(),
             anonymous,
             limiter: config.rate_limit.map(Limiter::new),
             peer_cert_required: config
@@ -161,7 +170,7 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             Err(error) => return error.into_response(),
             Ok(None) => Caller::Anonymous(access.anonymous.clone()),
             Ok(Some(token)) => match verify(&state, verifier, token) {
-                Ok(client) => Caller::Token(Arc::new(client)),
+                Ok(client) => Caller::Token(client),
                 Err(error) => return error.into_response(),
             },
         },
@@ -207,8 +216,29 @@ fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn verify(state: &AppState, verifier: &Verifier, token: &str) -> Result<Client, ApiError> {
-    let client = verifier.verify(token).map_err(|error| ApiError::NoToken(error.to_string()))?;
+/// The token's client if its signature verifies, it has not expired and it has not
+/// been revoked.
+fn verify(state: &AppState, verifier: &Verifier, token: &str) -> Result<Arc<Client>, ApiError> {
+    let now = state.cluster.now_ms() / 1000;
+    let cache = &state.access.verified;
+    let cached = cache.lock().unwrap_or_else(PoisonError::into_inner).get(token).cloned();
+    let client = match cached {
+        Some(client) if client.expires_at > now => client,
+        _ => {
+            let client =
+                verifier.verify(token).map_err(|error| ApiError::NoToken(error.to_string()))?;
+            let client = Arc::new(client);
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= VERIFIED_CACHE {
+                cache.retain(|_, client| client.expires_at > now);
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), client.clone());
+            client
+        }
+    };
     let revoked = state
         .services
         .docs

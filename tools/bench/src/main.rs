@@ -16,6 +16,7 @@ mod proxy;
 mod repair;
 mod report;
 mod scenarios;
+mod secure;
 mod tail;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Scenario {
     /// One node with a cluster key: honest latency alone and while attackers hold idle
     /// sockets and send unsigned peer requests and forged gossip
     Attack,
+    /// One plain node and one with TLS and tokens required, same run: creates/s and
+    /// gets/s on each (interleaved quarters), p99, and the secure/plain ratios
+    Secure,
     /// All of the above
     All,
 }
@@ -136,6 +140,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Tail,
             Scenario::Scale,
             Scenario::Attack,
+            Scenario::Secure,
         ];
     }
     scenarios.dedup();
@@ -164,6 +169,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Tail => tail::tail(&settings, &http).await,
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::Attack => attack::attack(&settings, &http).await,
+                Scenario::Secure => secure::secure(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),
             }
             .with_context(|| format!("{name}, run {run}"))?;

@@ -76,7 +76,7 @@ pub async fn load(
 }
 
 /// Runs `clients` loops of `op` for `seconds`; returns each successful op's latency.
-async fn drive<F, Fut>(clients: usize, seconds: f64, op: F) -> Result<(Vec<Duration>, Duration)>
+pub async fn drive<F, Fut>(clients: usize, seconds: f64, op: F) -> Result<(Vec<Duration>, Duration)>
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
