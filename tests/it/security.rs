@@ -260,6 +260,10 @@ async fn status(request: reqwest::RequestBuilder) -> StatusCode {
     request.send().await.unwrap().status()
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn every_permission_boundary_answers_as_specified() {
     let tokens = Tokens::new();
@@ -342,27 +346,11 @@ async fn every_permission_boundary_answers_as_specified() {
     let delete = http.delete(format!("{base}/kv/users/alice/profile")).bearer_auth(&alice);
     assert_eq!(status(delete).await, StatusCode::FORBIDDEN, "alice may write, not delete");
     // A listing shows only what the token may read.
-    let listing: Value = http
-        .get(format!("{base}/kv?prefix=users/"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = json_of(http.get(format!("{base}/kv?prefix=users/")).bearer_auth(&alice)).await;
     let keys: Vec<&str> =
         listing["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["users/alice/profile"]);
-    let everything: Value = http
-        .get(format!("{base}/kv"))
-        .bearer_auth(&root)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let everything = json_of(http.get(format!("{base}/kv")).bearer_auth(&root)).await;
     assert_eq!(everything["keys"].as_array().unwrap().len(), 2);
     // kvs's own keys are not writable by clients, whatever their token.
     let reserved =
