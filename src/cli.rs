@@ -31,6 +31,103 @@ pub enum Command {
     /// Make client tokens: a key pair, then tokens signed with its private key.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Todos on a running node: add, ls, get, done, edit, rm.
+    Todo {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TodoCommand,
+    },
+    /// JSON documents on a running node: get, put, rm, ls.
+    Kv {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// The cluster as a node sees it: status, members.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// How the client commands reach a node.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The node's URL
+    #[arg(long, env = "KVS_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// A client token (`kvs token issue`)
+    #[arg(long, env = "KVS_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust instead of the system's (e.g. from `kvs certs`)
+    #[arg(long, env = "KVS_CACERT", value_name = "FILE", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Print the API's JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TodoCommand {
+    /// Create a todo
+    Add {
+        text: String,
+        /// Your own id for it (fixes the todo's id on every node)
+        #[arg(long)]
+        extern_id: Option<String>,
+    },
+    /// List todos, newest first
+    Ls {
+        /// Only completed (true) or open (false) todos
+        #[arg(long)]
+        completed: Option<bool>,
+        /// At most this many (1-1000)
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one todo
+    Get { id: String },
+    /// Mark a todo done (or not, with --undo)
+    Done {
+        id: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Change a todo's text
+    Edit { id: String, text: String },
+    /// Delete a todo
+    Rm { id: String },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KvCommand {
+    /// Print a document
+    Get { key: String },
+    /// Store a JSON document (`-` reads it from stdin)
+    Put { key: String, value: String },
+    /// Delete a document
+    Rm { key: String },
+    /// List keys in order
+    Ls {
+        /// Only keys starting with this
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many (1-1000)
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// This node: readiness, members alive, counts, Merkle root, storage
+    Status,
+    /// Every member this node knows, with its state and last sync
+    Members,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,10 +18,12 @@
 //! - [`gc`], [`gossip`]: the purge task; join, gossip rounds and farewell.
 //! - [`http`]: the axum router, extractors, the error table, OpenAPI and `/docs`.
 //! - [`telemetry`]: log setup.
+//! - [`client`]: the command-line client (`kvs todo|kv|cluster`) over the public API.
 //! - [`daemon`]: the composition root that starts and stops everything.
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod codec;

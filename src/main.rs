@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvs::cli::{CertsArgs, Cli, Command, ServeArgs, TokenCommand};
+use kvs::cli::{
+    CertsArgs, Cli, ClientArgs, ClusterCommand, Command, KvCommand, ServeArgs, TodoCommand,
+    TokenCommand,
+};
+use kvs::client::{self, Request, Target};
 use kvs::config::{self, Config};
 use kvs::{daemon, telemetry};
 
@@ -22,6 +26,39 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Certs(args)) => certs(&args),
         Some(Command::Token(command)) => token(command),
+        Some(Command::Todo { client, command }) => {
+            let request = match command {
+                TodoCommand::Add { text, extern_id } => Request::TodoAdd { text, extern_id },
+                TodoCommand::Ls { completed, limit } => Request::TodoList { completed, limit },
+                TodoCommand::Get { id } => Request::TodoGet { id },
+                TodoCommand::Done { id, undo } => Request::TodoDone { id, done: !undo },
+                TodoCommand::Edit { id, text } => Request::TodoEdit { id, text },
+                TodoCommand::Rm { id } => Request::TodoRemove { id },
+            };
+            call(&client, request)
+        }
+        Some(Command::Kv { client, command }) => {
+            let request = match command {
+                KvCommand::Get { key } => Request::KvGet { key },
+                KvCommand::Put { key, value } => match read_value(value) {
+                    Ok(json) => Request::KvPut { key, json },
+                    Err(error) => {
+                        eprintln!("kvs: cannot read the value from stdin: {error}");
+                        return ExitCode::from(2);
+                    }
+                },
+                KvCommand::Rm { key } => Request::KvRemove { key },
+                KvCommand::Ls { prefix, limit } => Request::KvList { prefix, limit },
+            };
+            call(&client, request)
+        }
+        Some(Command::Cluster { client, command }) => {
+            let request = match command {
+                ClusterCommand::Status => Request::ClusterStatus,
+                ClusterCommand::Members => Request::ClusterMembers,
+            };
+            call(&client, request)
+        }
         None => serve(&cli.serve),
     }
 }
@@ -34,6 +71,45 @@ fn keygen() {
     eprintln!("  kvs keygen > kvs.key && chmod 600 kvs.key");
     eprintln!("  kvs --cluster-key-file kvs.key ...   (or cluster.key_file in the config)");
     eprintln!("Keep it secret: anyone holding it can join the cluster and read its data.");
+}
+
+/// Runs one client command: its output on stdout, a refusal as one line on stderr.
+fn call(args: &ClientArgs, request: Request) -> ExitCode {
+    let target = Target {
+        url: args.url.clone(),
+        token: args.token.clone(),
+        cacert: args.cacert.clone(),
+        json: args.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvs: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client::run(&target, request)) {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kvs: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// A document given on the command line, or read from stdin for `-`.
+fn read_value(value: String) -> std::io::Result<String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    Ok(text)
 }
 
 fn certs(args: &CertsArgs) -> ExitCode {

@@ -10,7 +10,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("tower_http", &["http/"]),
     ("utoipa", &["http/"]),
     ("utoipa_swagger_ui", &["http/"]),
-    ("reqwest", &["peer.rs"]),
+    ("reqwest", &["peer.rs", "client.rs"]),
     ("sled", &["store/"]),
     ("zstd", &["codec.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
