@@ -125,6 +125,8 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         source,
     })?;
     let identity = store.identity();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    store.observe_flushes(metrics.clone());
 
     let clock = Arc::new(Hlc::new(
         options.physical_clock.clone(),
@@ -223,6 +225,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         warnings: Arc::new(Throttle::default()),
         access: Arc::new(access),
         tls: tls.is_some(),
+        metrics: metrics.clone(),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");

@@ -12,6 +12,7 @@
 //! - [`cluster`]: membership (pure state machine) and its shared handle.
 //! - [`transport`]: the `Peer` trait: what one node can ask another.
 //! - [`store`]: sled; `apply_with` and `remove_if_current` are the only mutations.
+//! - [`metrics`]: the Prometheus exposition (requests, flushes, and a state snapshot).
 //! - [`service`]: todo and document rules, preconditions, readiness, the replica side.
 //! - [`peer`]: the reqwest client implementing `Peer` (deadlines per call).
 //! - [`sync`]: the protocol in one place: rules, round, driver, receiver, push.
@@ -34,6 +35,7 @@ pub mod gossip;
 pub mod http;
 pub mod keys;
 pub mod merkle;
+pub mod metrics;
 pub mod model;
 pub mod peer;
 pub mod service;

@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod internal;
 mod limit;
+mod metrics;
 mod problem;
 mod serve;
 mod todos;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// Whether this port serves TLS (for `/health/info`).
     pub tls: bool,
+    /// Request counts and latencies, flushes (`/metrics`).
+    pub metrics: crate::metrics::SharedMetrics,
 }
 
 /// A version as the API shows it.
@@ -142,7 +145,7 @@ pub fn rfc3339(ms: u64) -> String {
     paths(
         todos::create, todos::list, todos::get, todos::update, todos::delete,
         docs::put, docs::get, docs::delete, docs::list,
-        health::live, health::ready, health::info,
+        health::live, health::ready, health::info, metrics::metrics,
         admin::revoke,
     ),
     components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
@@ -264,6 +267,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let swagger = swagger.route_layer(middleware::from_fn(access::guard_docs));
     let node = Router::new()
         .route("/health/info", get(health::info))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn(access::guard_metrics));
     let admin = Router::new()
         .route("/admin/v1/revoke", post(admin::revoke))
@@ -280,6 +284,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), access::identify))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::count))
         // Failures are logged where they are understood (ApiError, the store's fault
         // state), once; tower's per-response ERROR would repeat them for every request.
         .layer(

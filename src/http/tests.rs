@@ -84,6 +84,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         warnings: Arc::default(),
         access: Arc::default(),
         tls: false,
+        metrics: Arc::default(),
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

@@ -49,7 +49,14 @@ struct Signal {
     stop: bool,
 }
 
+/// Told of every successful group flush (how long it took, how many applies it made
+/// durable): the metrics' view of the write path, without the store knowing them.
+pub trait FlushObserver: Send + Sync {
+    fn flushed(&self, took: std::time::Duration, applies: u64);
+}
+
 struct Shared {
+    observer: std::sync::OnceLock<Arc<dyn FlushObserver>>,
     applied: AtomicU64,
     signal: Mutex<Signal>,
     wake: Condvar,
@@ -65,6 +72,7 @@ impl Committer {
     pub(super) fn new() -> Committer {
         let (state, _) = watch::channel(FlushState::default());
         let shared = Arc::new(Shared {
+            observer: std::sync::OnceLock::new(),
             applied: AtomicU64::new(0),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
@@ -81,6 +89,11 @@ impl Committer {
             .spawn(move || run(&shared, &store))?;
         *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
         Ok(())
+    }
+
+    /// Sets who is told of each flush (once; later calls are ignored).
+    pub(super) fn observe(&self, observer: Arc<dyn FlushObserver>) {
+        let _ = self.shared.observer.set(observer);
     }
 
     /// Records that one more apply has reached sled and returns its sequence number.
@@ -194,9 +207,17 @@ fn run(shared: &Shared, store: &Weak<Inner>) {
 fn flush(shared: &Shared, inner: &Inner) {
     // Every apply numbered up to `target` finished before this flush starts.
     let target = shared.applied.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
     match inner.flush_engine() {
         Ok(()) => {
-            shared.state.send_modify(|s| s.flushed = s.flushed.max(target));
+            let mut applies = 0;
+            shared.state.send_modify(|s| {
+                applies = target.saturating_sub(s.flushed);
+                s.flushed = s.flushed.max(target);
+            });
+            if let Some(observer) = shared.observer.get() {
+                observer.flushed(started.elapsed(), applies);
+            }
             inner.forget_undo(target);
         }
         Err(error) => {

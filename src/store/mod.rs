@@ -37,6 +37,7 @@ use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::model::{Key, Origin, Record, Timestamp, Version};
 use commit::Committer;
+pub use commit::FlushObserver;
 pub use fault::{FaultKind, StorageStatus, RESERVE_FILE};
 use fault::{Health, Stage};
 use index::{IndexChange, Indexes};
@@ -436,6 +437,11 @@ impl Store {
     }
 
     /// Whether writes are accepted, and why not.
+    /// Tells `observer` of every group flush from now on (set once).
+    pub fn observe_flushes(&self, observer: Arc<dyn FlushObserver>) {
+        self.inner.committer.observe(observer);
+    }
+
     pub fn storage_status(&self) -> StorageStatus {
         self.inner.health.status()
     }

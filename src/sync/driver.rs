@@ -44,6 +44,22 @@ struct Inner {
     exclusive: RwLock<()>,
     parallel: Semaphore,
     rng: Mutex<StdRng>,
+    stats: Mutex<HashMap<uuid::Uuid, PeerRounds>>,
+}
+
+/// Anti-entropy rounds with one peer since start.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRounds {
+    pub name: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub requests: u64,
+    pub record_bytes: u64,
+    pub pulled: u64,
+    pub pushed: u64,
+    pub refused: u64,
+    /// Whether our Merkle root equalled the peer's when the last completed round began.
+    pub root_equal: Option<bool>,
 }
 
 impl Driver {
@@ -67,6 +83,7 @@ impl Driver {
                 exclusive: RwLock::new(()),
                 parallel: Semaphore::new(PARALLEL_ROUNDS),
                 rng: Mutex::new(StdRng::seed_from_u64(seed)),
+                stats: Mutex::default(),
             }),
         }
     }
@@ -99,6 +116,32 @@ impl Driver {
     /// rules read it). A peer whose horizon calls for a rebase gets the round re-run
     /// exclusively, with the node not serving meanwhile (persisted: a crash resumes it).
     pub async fn round_with(&self, member: &Member) -> Result<RoundReport, SyncError> {
+        let result = self.round_inner(member).await;
+        let mut stats = self.inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let peer = stats.entry(member.id).or_default();
+        peer.name.clone_from(&member.name);
+        match &result {
+            Ok(report) => {
+                peer.ok += 1;
+                peer.requests += report.requests as u64;
+                peer.record_bytes += report.record_bytes as u64;
+                peer.pulled += report.pulled as u64;
+                peer.pushed += report.pushed as u64;
+                peer.refused += report.refused as u64;
+                peer.root_equal = Some(report.differing_segments == 0);
+            }
+            Err(_) => peer.failed += 1,
+        }
+        result
+    }
+
+    /// What rounds with each peer have done since start (for `/metrics`).
+    pub fn stats(&self) -> Vec<(uuid::Uuid, PeerRounds)> {
+        let stats = self.inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.iter().map(|(id, rounds)| (*id, rounds.clone())).collect()
+    }
+
+    async fn round_inner(&self, member: &Member) -> Result<RoundReport, SyncError> {
         let addr = member.addr.as_str();
         let lock = self.peer_lock(addr);
         let _one_per_peer = lock.lock().await;

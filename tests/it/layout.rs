@@ -25,6 +25,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("rcgen", &["keys.rs"]),
     ("jsonwebtoken", &["token.rs"]),
     ("governor", &["http/limit.rs"]),
+    ("prometheus_client", &["metrics.rs"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

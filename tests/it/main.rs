@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod durability;
 mod layout;
+mod metrics;
 mod security;
 mod sim;
 mod storage;
