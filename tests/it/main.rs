@@ -4,6 +4,7 @@ mod api;
 mod attacks;
 mod cli;
 mod cluster;
+mod deploy;
 mod durability;
 mod layout;
 mod metrics;
