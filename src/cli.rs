@@ -45,6 +45,22 @@ pub enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Save a running node's backup to a file (checked against its Merkle root).
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The file to write (must not exist)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Make a data directory from a backup file (then start a node on it).
+    Restore {
+        /// A file from `kvs backup`
+        file: PathBuf,
+        /// The new node's data directory (must be empty or absent)
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// The cluster as a node sees it: status, members.
     Cluster {
         #[command(flatten)]

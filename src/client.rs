@@ -189,6 +189,83 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
     }
 }
 
+/// `kvs backup`: streams the node's backup into `out` (through `out.part`, renamed
+/// once the whole stream has been checked against its trailer). Returns the summary.
+pub async fn backup(target: &Target, out: &std::path::Path) -> Result<String, ClientError> {
+    use std::io::Write;
+    if out.exists() {
+        return Err(ClientError::Usage(format!("{} exists; choose a new file", out.display())));
+    }
+    let client = Client::new(target)?;
+    let mut request = client.http.get(format!("{}/admin/v1/backup", client.base));
+    if let Some(token) = &client.token {
+        request = request.bearer_auth(token);
+    }
+    let unreachable = |error: reqwest::Error| ClientError::Unreachable {
+        url: client.base.clone(),
+        reason: root_cause(&error),
+    };
+    let mut response = request.send().await.map_err(unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        return Err(ClientError::Refused(refusal(status, &body)));
+    }
+    let part = out.with_extension("part");
+    let failed = |error: std::io::Error| {
+        ClientError::Refused(format!("cannot write {}: {error}", part.display()))
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&part).map_err(failed)?);
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bytes} received ({bytes_per_sec})")
+            .expect("a valid template"),
+    );
+    let mut received = 0u64;
+    let streamed = async {
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            file.write_all(&chunk).map_err(failed)?;
+            received += chunk.len() as u64;
+            bar.set_position(received);
+        }
+        file.flush().map_err(failed)?;
+        file.get_ref().sync_all().map_err(failed)
+    };
+    let outcome = streamed.await;
+    bar.finish_and_clear();
+    let checked = outcome.and_then(|()| {
+        let input = std::io::BufReader::new(std::fs::File::open(&part).map_err(failed)?);
+        let mut reader = crate::backup::Reader::new(input)
+            .map_err(|error| ClientError::Refused(error.to_string()))?;
+        while reader.next_batch().map_err(|e| ClientError::Refused(e.to_string()))?.is_some() {}
+        Ok(reader.trailer().cloned().expect("read to the end"))
+    });
+    let trailer = match checked {
+        Ok(trailer) => trailer,
+        Err(error) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&part, out).map_err(failed)?;
+    Ok(if target.json {
+        pretty(&json!({
+            "file": out.display().to_string(),
+            "bytes": received,
+            "records": trailer.records,
+            "merkle_root": trailer.merkle_root,
+        }))
+    } else {
+        format!(
+            "{}: {} records, {} bytes, Merkle root {} (checked)",
+            out.display(),
+            trailer.records,
+            received,
+            trailer.merkle_root
+        )
+    })
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,

@@ -13,6 +13,7 @@
 //! - [`transport`]: the `Peer` trait: what one node can ask another.
 //! - [`store`]: sled; `apply_with` and `remove_if_current` are the only mutations.
 //! - [`metrics`]: the Prometheus exposition (requests, flushes, and a state snapshot).
+//! - [`backup`]: the backup stream format, its checked reader, and restore.
 //! - [`service`]: todo and document rules, preconditions, readiness, the replica side.
 //! - [`peer`]: the reqwest client implementing `Peer` (deadlines per call).
 //! - [`sync`]: the protocol in one place: rules, round, driver, receiver, push.
@@ -23,6 +24,7 @@
 //! - [`daemon`]: the composition root that starts and stops everything.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod clock;

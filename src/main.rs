@@ -52,6 +52,8 @@ fn main() -> ExitCode {
             };
             call(&client, request)
         }
+        Some(Command::Backup { client, out }) => backup(&client, &out),
+        Some(Command::Restore { file, data_dir }) => restore(&file, &data_dir),
         Some(Command::Cluster { client, command }) => {
             let request = match command {
                 ClusterCommand::Status => Request::ClusterStatus,
@@ -75,12 +77,7 @@ fn keygen() {
 
 /// Runs one client command: its output on stdout, a refusal as one line on stderr.
 fn call(args: &ClientArgs, request: Request) -> ExitCode {
-    let target = Target {
-        url: args.url.clone(),
-        token: args.token.clone(),
-        cacert: args.cacert.clone(),
-        json: args.json,
-    };
+    let target = target(args);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -98,6 +95,64 @@ fn call(args: &ClientArgs, request: Request) -> ExitCode {
         Err(error) => {
             eprintln!("kvs: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn target(args: &ClientArgs) -> Target {
+    Target {
+        url: args.url.clone(),
+        token: args.token.clone(),
+        cacert: args.cacert.clone(),
+        json: args.json,
+    }
+}
+
+fn backup(args: &ClientArgs, out: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvs: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client::backup(&target(args), out)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kvs: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    match kvs::backup::restore(file, data_dir, now) {
+        Ok(restored) => {
+            println!(
+                "restored {} records (Merkle root {}) into {} as node {}",
+                restored.trailer.records,
+                restored.trailer.merkle_root,
+                data_dir.display(),
+                restored.node_id
+            );
+            eprintln!(
+                "backup taken {} ms since the epoch on node {}; start a node with --data-dir {} and the cluster's seeds",
+                restored.header.created_at_ms,
+                restored.header.node_id,
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kvs restore: {error}");
+            ExitCode::FAILURE
         }
     }
 }

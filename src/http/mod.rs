@@ -146,7 +146,7 @@ pub fn rfc3339(ms: u64) -> String {
         todos::create, todos::list, todos::get, todos::update, todos::delete,
         docs::put, docs::get, docs::delete, docs::list,
         health::live, health::ready, health::info, metrics::metrics,
-        admin::revoke,
+        admin::revoke, admin::backup,
     ),
     components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
     modifiers(&AccessResponses),
@@ -271,6 +271,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route_layer(middleware::from_fn(access::guard_metrics));
     let admin = Router::new()
         .route("/admin/v1/revoke", post(admin::revoke))
+        .route("/admin/v1/backup", get(admin::backup))
         .route_layer(middleware::from_fn(access::guard_admin));
     Router::new()
         .merge(data)

@@ -26,6 +26,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("jsonwebtoken", &["token.rs"]),
     ("governor", &["http/limit.rs"]),
     ("prometheus_client", &["metrics.rs"]),
+    ("indicatif", &["client.rs"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

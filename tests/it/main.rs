@@ -2,6 +2,7 @@
 
 mod api;
 mod attacks;
+mod backup;
 mod cli;
 mod cluster;
 mod deploy;
