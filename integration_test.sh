@@ -291,6 +291,42 @@ scenario_replication_over_tls_with_tokens() {
   expect_status 200 "$(url n3)/health/ready"
 }
 
+lines_at_least() { [ "$(wc -l < "$1")" -ge "$2" ]; }
+has_extern_id() { curl -sf "$(url "$1")/todos?extern_id=$2" | grep -q '"id"'; }
+
+# A backup taken on n1 while writes go on, restored as n3 after n3's data is wiped:
+# the restored n3 rejoins, the roots converge, and every acknowledged write is there.
+scenario_backup_during_writes_restores_and_rejoins() {
+  three_nodes
+  local acked="$WORK/$SCENARIO/acked" n
+  : > "$acked"
+  # The writer records the extern_id of every create answered 201; its output goes
+  # nowhere, and the scenario's exit kills it, so it can never hold the script.
+  ( set +e; n=0
+    while :; do
+      n=$((n + 1))
+      status_of -X POST "$(url n1)/todos" -H 'content-type: application/json' \
+        -d "{\"todo\":\"during backup $n\",\"extern_id\":\"bk-$n\"}" | grep -q 201 \
+        && echo "bk-$n" >> "$acked"
+    done ) >/dev/null 2>&1 &
+  WRITER=$!
+  trap 'kill "$WRITER" 2>/dev/null || true; stop_all' EXIT
+  eventually 60 "writes under way" lines_at_least "$acked" 20
+  "$KVS" backup --url "$(url n1)" --out "$WORK/$SCENARIO/kvs.backup" >&2
+  n=$(wc -l < "$acked")
+  eventually 60 "writes after the backup" lines_at_least "$acked" $((n + 20))
+  kill "$WRITER"; wait "$WRITER" 2>/dev/null || true
+  kill9 n3
+  rm -rf "$WORK/$SCENARIO/n3"
+  "$KVS" restore "$WORK/$SCENARIO/kvs.backup" --data-dir "$WORK/$SCENARIO/n3" >&2
+  start n3 "$WORK/$SCENARIO/n3" n1
+  ready n3
+  converged n1 n2 n3
+  local missing=0 extern_id
+  while read -r extern_id; do has_extern_id n3 "$extern_id" || missing=$((missing + 1)); done < "$acked"
+  [ "$missing" = 0 ] || { log "$missing of $(wc -l < "$acked") acknowledged writes missing on the restored n3"; return 1; }
+}
+
 # deploy/kvs.service passes systemd's own checks (with ExecStart on the built binary).
 scenario_deploy_unit_verifies() {
   if ! command -v systemd-analyze >/dev/null; then log "systemd-analyze is not installed"; return 1; fi
@@ -325,7 +361,8 @@ run() {
 
 SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
            delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures
-           disk_full_recovers_and_converges replication_over_tls_with_tokens deploy_unit_verifies)
+           disk_full_recovers_and_converges replication_over_tls_with_tokens deploy_unit_verifies
+           backup_during_writes_restores_and_rejoins)
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
 for s in "${SCENARIOS[@]}"; do run "$s"; done
 echo "$PASSED passed, $FAILED failed"

@@ -221,11 +221,18 @@ impl Membership {
     }
 
     /// Peers we may sync with and push to.
+    /// Alive members other than this node. A member at this node's own address is a
+    /// former identity of this address (a node restored from a backup, or whose data
+    /// directory was replaced, comes back with a new id): it is never a peer, or the
+    /// node would sync with itself and call that joining.
     pub fn alive_peers(&self) -> Vec<Member> {
+        let my_addr = self.entries.get(&self.me.0).map(|entry| entry.member.addr.as_str());
         self.entries
             .values()
             .filter(|entry| {
-                entry.member.id != self.me.0 && entry.member.state == MemberState::Alive
+                entry.member.id != self.me.0
+                    && entry.member.state == MemberState::Alive
+                    && Some(entry.member.addr.as_str()) != my_addr
             })
             .map(|entry| entry.member.clone())
             .collect()
@@ -258,6 +265,16 @@ mod tests {
             heartbeat,
             state: MemberState::Alive,
         }
+    }
+
+    #[test]
+    fn a_former_identity_at_our_own_address_is_not_a_peer() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        let mut ghost = member(9, 5);
+        ghost.addr = member(1, 0).addr;
+        ms.merge(vec![ghost, member(2, 5)], None, 0);
+        let peers: Vec<_> = ms.alive_peers().into_iter().map(|m| m.id).collect();
+        assert_eq!(peers, [uuid::Uuid::from_u128(2)]);
     }
 
     #[test]
