@@ -78,6 +78,19 @@ fn keygen() {
 /// Runs one client command: its output on stdout, a refusal as one line on stderr.
 fn call(args: &ClientArgs, request: Request) -> ExitCode {
     let target = target(args);
+    print_outcome(async { client::run(&target, request).await })
+}
+
+fn backup(args: &ClientArgs, out: &std::path::Path) -> ExitCode {
+    let target = target(args);
+    print_outcome(async { client::backup(&target, out).await })
+}
+
+/// Runs a client future on a one-thread runtime; prints what it returns (or its error
+/// as one line) and gives the exit code.
+fn print_outcome(
+    command: impl std::future::Future<Output = Result<String, client::ClientError>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -85,7 +98,7 @@ fn call(args: &ClientArgs, request: Request) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(client::run(&target, request)) {
+    match runtime.block_on(command) {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");
@@ -105,26 +118,6 @@ fn target(args: &ClientArgs) -> Target {
         token: args.token.clone(),
         cacert: args.cacert.clone(),
         json: args.json,
-    }
-}
-
-fn backup(args: &ClientArgs, out: &std::path::Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("kvs: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(client::backup(&target(args), out)) {
-        Ok(summary) => {
-            println!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("kvs: {error}");
-            ExitCode::from(error.exit_code())
-        }
     }
 }
 
