@@ -144,6 +144,14 @@ pub enum ClusterCommand {
     Status,
     /// Every member this node knows, with its state and last sync
     Members,
+    /// Every member's own figures (records, Merkle root, writes), asked now (admin:*)
+    Overview,
+    /// Run an anti-entropy round now with every alive peer, or with one (admin:*)
+    Sync {
+        /// The advertised address of the one member to sync with
+        #[arg(long)]
+        peer: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

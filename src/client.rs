@@ -28,6 +28,9 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("{0}")]
     Usage(String),
+    /// The command ran but part of it failed: `output` still goes to stdout.
+    #[error("{reason}")]
+    Partly { output: String, reason: String },
 }
 
 impl ClientError {
@@ -55,6 +58,8 @@ pub enum Request {
     KvList { prefix: Option<String>, limit: Option<u32> },
     ClusterStatus,
     ClusterMembers,
+    ClusterOverview,
+    ClusterSync { peer: Option<String> },
 }
 
 /// Runs `request` against `target` and returns what to print on stdout.
@@ -185,6 +190,79 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
                 })
                 .collect();
             Ok(table(&["NAME", "ADDRESS", "STATE", "LAST SYNC", "ID"], &rows))
+        }
+        Request::ClusterOverview => {
+            let view = client.call(Method::GET, "/admin/v1/cluster", None).await?;
+            if json {
+                return Ok(pretty(&view));
+            }
+            let rows: Vec<Vec<String>> = view["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let root = m["merkle_root"]
+                        .as_str()
+                        .map_or("-".to_owned(), |root| root.get(..16).unwrap_or(root).to_owned());
+                    let figure = |field: &str| m.get(field).map_or("-".to_owned(), text);
+                    let note = m["error"].as_str().unwrap_or_default().to_owned();
+                    vec![
+                        text(&m["name"]),
+                        text(&m["addr"]),
+                        text(&m["state"]),
+                        figure("records"),
+                        root,
+                        figure("writes_total"),
+                        note,
+                    ]
+                })
+                .collect();
+            let agree = match view["roots_agree"].as_bool() {
+                Some(true) => "all Merkle roots agree",
+                _ => "Merkle roots differ (or a member did not answer)",
+            };
+            let headers = ["NAME", "ADDRESS", "STATE", "RECORDS", "ROOT", "WRITES", "ERROR"];
+            Ok(format!("{}\n{agree}", table(&headers, &rows)))
+        }
+        Request::ClusterSync { peer } => {
+            let path = match &peer {
+                Some(peer) => format!("/admin/v1/sync?peer={}", path(peer)),
+                None => "/admin/v1/sync".to_owned(),
+            };
+            let report = client.call(Method::POST, &path, None).await?;
+            let rounds = report["rounds"].as_array().cloned().unwrap_or_default();
+            let failed = rounds.iter().filter(|round| round["ok"] != true).count();
+            let out = if json {
+                pretty(&report)
+            } else if rounds.is_empty() {
+                "no alive peer to sync with".to_owned()
+            } else {
+                let rows: Vec<Vec<String>> = rounds
+                    .iter()
+                    .map(|r| {
+                        let outcome = match r["error"].as_str() {
+                            Some(error) => format!("failed: {error}"),
+                            None => "ok".to_owned(),
+                        };
+                        vec![
+                            text(&r["peer_name"]),
+                            text(&r["peer_addr"]),
+                            text(&r["differing_segments"]),
+                            text(&r["pulled"]),
+                            text(&r["pushed"]),
+                            outcome,
+                        ]
+                    })
+                    .collect();
+                table(&["PEER", "ADDRESS", "DIFFERING", "PULLED", "PUSHED", "OUTCOME"], &rows)
+            };
+            match failed {
+                0 => Ok(out),
+                _ => Err(ClientError::Partly {
+                    output: out,
+                    reason: format!("{failed} of {} sync rounds failed", rounds.len()),
+                }),
+            }
         }
     }
 }

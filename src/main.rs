@@ -58,6 +58,8 @@ fn main() -> ExitCode {
             let request = match command {
                 ClusterCommand::Status => Request::ClusterStatus,
                 ClusterCommand::Members => Request::ClusterMembers,
+                ClusterCommand::Overview => Request::ClusterOverview,
+                ClusterCommand::Sync { peer } => Request::ClusterSync { peer },
             };
             call(&client, request)
         }
@@ -106,6 +108,9 @@ fn print_outcome(
             ExitCode::SUCCESS
         }
         Err(error) => {
+            if let client::ClientError::Partly { output, .. } = &error {
+                println!("{output}");
+            }
             eprintln!("kvs: {error}");
             ExitCode::from(error.exit_code())
         }

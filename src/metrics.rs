@@ -38,6 +38,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     flush_seconds: Histogram,
     flush_applies: Histogram,
+    /// Client writes answered with a success (what the dashboard turns into writes/s).
+    writes: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             }),
             flush_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             flush_applies: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            writes: Counter::default(),
         }
     }
 }
@@ -63,11 +66,21 @@ impl Metrics {
     /// Counts one answered request; `route` is the matched route template (never the raw
     /// path, so keys and ids do not become series).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let data_route = route.starts_with("/todos") || route.starts_with("/kv");
+        let write = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE");
+        if data_route && write && (200..300).contains(&status) {
+            self.writes.inc();
+        }
         let (route, method) = (route.to_owned(), method.to_owned());
         self.requests
             .get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status })
             .inc();
         self.latency.get_or_create(&RouteLabels { route, method }).observe(took.as_secs_f64());
+    }
+
+    /// Client writes answered with a success since start.
+    pub fn writes(&self) -> u64 {
+        self.writes.get()
     }
 
     /// The text exposition: the long-lived figures and `snapshot`.
@@ -92,6 +105,11 @@ impl Metrics {
             "durable_flush_applies",
             "Writes made durable by one group flush",
             self.flush_applies.clone(),
+        );
+        registry.register(
+            "client_writes",
+            "Client writes (todos and documents) this node accepted",
+            self.writes.clone(),
         );
         snapshot.register(&mut registry);
         let mut text = String::new();

@@ -18,7 +18,7 @@ use crate::auth::{ClusterKey, FROM_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEA
 use crate::clock::PhysicalClock;
 use crate::cluster::Member;
 use crate::model::{Key, Record};
-use crate::transport::{Peer, PeerError};
+use crate::transport::{NodeStatus, Peer, PeerError};
 use crate::wire::{
     self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
 };
@@ -171,6 +171,14 @@ impl Peer for PeerClient {
         serde_json::from_slice(&reply).map_err(|error| PeerError::Wire {
             addr: addr.to_owned(),
             reason: format!("undecodable member list: {error}"),
+        })
+    }
+
+    async fn status(&self, addr: &str) -> Result<NodeStatus, PeerError> {
+        let reply = self.call(addr, "status", Vec::new(), Size::Small).await?;
+        serde_json::from_slice(&reply).map_err(|error| PeerError::Wire {
+            addr: addr.to_owned(),
+            reason: format!("undecodable status: {error}"),
         })
     }
 }

@@ -49,4 +49,33 @@ pub trait Peer: Send + Sync + 'static {
 
     /// Sends our member list, returns theirs.
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError>;
+
+    /// What the peer holds now (for the operators' cluster view, not for sync). A
+    /// transport that does not carry it (the simulation) says the peer is unreachable.
+    async fn status(&self, addr: &str) -> Result<NodeStatus, PeerError> {
+        Err(PeerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: "this transport carries no status requests".into(),
+        })
+    }
+}
+
+/// One node's answer to `POST /internal/v1/status`: what `GET /admin/v1/cluster` shows
+/// of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub node_name: String,
+    pub ready: bool,
+    pub todos: u64,
+    /// Live todos and documents.
+    pub records: u64,
+    /// Hex of the Merkle root over every record (tombstones included).
+    pub merkle_root: String,
+    /// Client writes this node has accepted since it started (a rate comes from two reads).
+    pub writes_total: u64,
+    /// When this node last completed an anti-entropy round with any peer (ms since the epoch).
+    pub last_sync_ms: Option<u64>,
+    /// This node's clock when it answered (ms since the epoch).
+    pub now_ms: u64,
 }

@@ -158,6 +158,23 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(Ready { ready, reason })).into_response()
 }
 
+/// What this node tells a peer's `GET /admin/v1/cluster` about itself.
+pub fn local_status(state: &AppState) -> crate::transport::NodeStatus {
+    let readiness = state.services.readiness.current();
+    let data = state.services.status();
+    crate::transport::NodeStatus {
+        node_id: state.node.id.to_string(),
+        node_name: state.node.name.clone(),
+        ready: readiness.ready && data.storage.writable,
+        todos: data.counts.todos,
+        records: data.counts.todos + data.counts.docs,
+        merkle_root: merkle::hex(&data.merkle_root),
+        writes_total: state.metrics.writes(),
+        last_sync_ms: state.cluster.last_sync().into_values().max(),
+        now_ms: state.cluster.now_ms(),
+    }
+}
+
 /// What this node holds and whom it knows.
 #[utoipa::path(get, path = "/health/info", tag = "health",
     responses((status = 200, description = "Node information", body = Info)))]

@@ -189,6 +189,13 @@ pub async fn sync_now(
     Ok(axum::Json(report).into_response())
 }
 
+/// What this node holds now, for a peer's `GET /admin/v1/cluster`.
+pub async fn status(State(state): State<AppState>) -> Response {
+    let mut response = axum::Json(super::health::local_status(&state)).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 pub async fn gossip(
     State(state): State<AppState>,
     Extension(sender): Extension<Sender>,

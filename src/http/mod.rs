@@ -12,6 +12,7 @@ mod metrics;
 mod problem;
 mod serve;
 mod todos;
+mod ui;
 
 use std::sync::{Arc, OnceLock};
 
@@ -146,7 +147,7 @@ pub fn rfc3339(ms: u64) -> String {
         todos::create, todos::list, todos::get, todos::update, todos::delete,
         docs::put, docs::get, docs::delete, docs::list,
         health::live, health::ready, health::info, metrics::metrics,
-        admin::revoke, admin::backup,
+        admin::revoke, admin::backup, admin::sync, admin::cluster,
     ),
     components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
     modifiers(&AccessResponses),
@@ -258,6 +259,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/internal/v1/records", post(internal::records))
         .route("/internal/v1/gossip", post(internal::gossip))
         .route("/internal/v1/sync", post(internal::sync_now))
+        .route("/internal/v1/status", post(internal::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::authenticate))
         .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
     let swagger: Router<AppState> = SwaggerUi::new("/docs")
@@ -272,6 +274,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let admin = Router::new()
         .route("/admin/v1/revoke", post(admin::revoke))
         .route("/admin/v1/backup", get(admin::backup))
+        .route("/admin/v1/sync", post(admin::sync))
+        .route("/admin/v1/cluster", get(admin::cluster))
         .route_layer(middleware::from_fn(access::guard_admin));
     Router::new()
         .merge(data)
@@ -280,6 +284,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health/ready", get(health::ready))
         .merge(node)
         .merge(admin)
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .merge(swagger)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

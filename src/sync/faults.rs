@@ -92,4 +92,9 @@ impl Peer for FaultyPeer {
         self.faults.check(addr).await?;
         self.inner.gossip(addr, members).await
     }
+
+    async fn status(&self, addr: &str) -> Result<crate::transport::NodeStatus, PeerError> {
+        self.faults.check(addr).await?;
+        self.inner.status(addr).await
+    }
 }

@@ -5,6 +5,7 @@ mod attacks;
 mod backup;
 mod cli;
 mod cluster;
+mod dashboard;
 mod deploy;
 mod durability;
 mod layout;
