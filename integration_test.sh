@@ -4,7 +4,7 @@
 # Builds the release binaries, starts nodes on free ports in a temporary directory,
 # polls with deadlines (never a fixed sleep), kills only the processes it started, and
 # prints one line per scenario, then "N passed, N failed". Exit status 1 if any failed.
-# Needs: cargo, curl, python3.
+# Needs: cargo, curl, python3; root and iproute2 for the network-namespace scenario.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -26,6 +26,8 @@ cleanup() {
   fi
   # tmpfs mounts a scenario made (disk_full_recovers_and_converges)
   awk -v work="$WORK" 'index($2, work) == 1 { print $2 }' /proc/mounts | xargs -r -n1 umount -l
+  # network namespaces and links a scenario made (network_namespaces_find_peers_by_name)
+  if [ -f "$WORK/netns" ]; then netns_down "$WORK/netns"; fi
   if [ "${KEEP_WORK:-}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -337,6 +339,95 @@ scenario_deploy_unit_verifies() {
   [ -z "$out" ] || { log "systemd-analyze warned: $out"; return 1; }
 }
 
+# netns_down FILE: deletes the namespaces (with their /etc/netns files) and the bridge
+# that FILE lists, one "ns NAME" or "link NAME" per line.
+netns_down() {
+  local kind name
+  while read -r kind name; do
+    case $kind in
+      ns) ip netns del "$name" 2>/dev/null || true; rm -rf "/etc/netns/$name" ;;
+      link) ip link del "$name" 2>/dev/null || true ;;
+    esac
+  done < "$1"
+  rm -f "$1"
+}
+
+ns_ready() { [ "$(status_of "$1/health/ready")" = 200 ]; }
+# ns_members_are BASE STATES: the member states BASE reports, sorted by name, joined by ','.
+ns_members_are() {
+  [ "$(curl -sf "$1/health/info" | python3 -c 'import json,sys; print(",".join(m["state"] for m in sorted(json.load(sys.stdin)["members"], key=lambda m: m["name"])))')" = "$2" ]
+}
+ns_roots_equal() {
+  local first="" base root
+  for base in "$@"; do
+    root=$(curl -sf "$base/health/info" | json merkle_root) || return 1
+    if [ -z "$first" ]; then first=$root; elif [ "$root" != "$first" ]; then return 1; fi
+  done
+}
+
+# The path a Kubernetes StatefulSet takes (deploy/kubernetes/kvs.yaml): three nodes, each
+# in its own network namespace with its own IP on a bridge, bind 0.0.0.0:8080, are
+# configured only through the manifest's KVS_* variables, and find each other through
+# seed *names* that the namespace's hosts file (/etc/netns/NS/hosts) resolves. kvs-1 and
+# kvs-2 advertise their names as the StatefulSet does; kvs-3 advertises its IP.
+scenario_network_namespaces_find_peers_by_name() {
+  if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
+    log "needs root and iproute2 (ip) to make network namespaces"; return 1
+  fi
+  local tag=$$ net="10.$((100 + $$ % 100)).$(( ($$ / 100) % 250 ))" list="$WORK/netns"
+  local bridge="kvsbr$tag" i ns
+  local -a base=()
+  "$KVS" keygen > "$WORK/$SCENARIO/cluster.key" 2>/dev/null
+  chmod 600 "$WORK/$SCENARIO/cluster.key"
+  trap 'stop_all; netns_down "$WORK/netns"' EXIT
+  ip link add "$bridge" type bridge
+  echo "link $bridge" >> "$list"
+  ip addr add "$net.254/24" dev "$bridge"
+  ip link set "$bridge" up
+  for i in 1 2 3; do
+    ns="kvs$tag-$i"
+    ip netns add "$ns"
+    echo "ns $ns" >> "$list"
+    ip link add "kvsv$tag-$i" type veth peer name eth0 netns "$ns"
+    ip link set "kvsv$tag-$i" master "$bridge" up
+    ip -n "$ns" addr add "$net.$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    mkdir -p "/etc/netns/$ns"
+    printf '127.0.0.1 localhost\n%s kvs-1\n%s kvs-2\n%s kvs-3\n' "$net.1" "$net.2" "$net.3" > "/etc/netns/$ns/hosts"
+    base[$i]="http://$net.$i:8080"
+  done
+  start_in_ns() {
+    local i=$1 advertise="kvs-$1:8080"
+    [ "$i" = 3 ] && advertise="$net.3:8080"
+    KVS_NODE_NAME="kvs-$i" KVS_LISTEN=0.0.0.0:8080 KVS_ADVERTISE="$advertise" \
+    KVS_SEEDS=kvs-1:8080,kvs-2:8080,kvs-3:8080 KVS_CLUSTER_KEY_FILE="$WORK/$SCENARIO/cluster.key" \
+    KVS_DATA_DIR="$WORK/$SCENARIO/kvs-$i" KVS_GOSSIP_INTERVAL=100ms KVS_SYNC_INTERVAL=200ms \
+      ip netns exec "kvs$tag-$i" "$KVS" serve > >(sed -u "s/^/[kvs-$i] /" >> "$WORK/$SCENARIO.log") 2>&1 &
+    PIDS[kvs-$i]=$!
+    echo "$!" >> "$STARTED"
+  }
+  for i in 1 2 3; do start_in_ns "$i"; done
+  for i in 1 2 3; do eventually 30 "kvs-$i ready" ns_ready "${base[$i]}"; done
+  for i in 1 2 3; do eventually 30 "kvs-$i sees three alive" ns_members_are "${base[$i]}" alive,alive,alive; done
+  curl -sf "${base[1]}/health/info" | grep -q '"addr":"kvs-2:8080"'
+  curl -sf "${base[1]}/health/info" | grep -q "\"addr\":\"$net.3:8080\""
+  curl -sf -X POST "${base[1]}/todos" -H 'content-type: application/json' \
+    -d '{"todo":"across namespaces","extern_id":"ns-1"}' > /dev/null
+  eventually 30 "the write on kvs-3" has_extern_id_at "${base[3]}" ns-1
+  ns_roots_equal "${base[@]}"
+  kill9 kvs-2
+  eventually 30 "kvs-1 sees kvs-2 dead" ns_members_are "${base[1]}" alive,dead,alive
+  curl -sf -X POST "${base[3]}/todos" -H 'content-type: application/json' \
+    -d '{"todo":"while kvs-2 was down","extern_id":"ns-2"}' > /dev/null
+  start_in_ns 2
+  eventually 30 "kvs-2 ready again" ns_ready "${base[2]}"
+  eventually 30 "kvs-1 sees kvs-2 alive again" ns_members_are "${base[1]}" alive,alive,alive
+  eventually 60 "equal roots across the namespaces" ns_roots_equal "${base[@]}"
+  has_extern_id_at "${base[2]}" ns-2
+}
+has_extern_id_at() { curl -sf "$1/todos?extern_id=$2" | grep -q '"id"'; }
+
 # ---------------------------------------------------------------- runner
 
 run() {
@@ -362,7 +453,7 @@ run() {
 SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
            delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures
            disk_full_recovers_and_converges replication_over_tls_with_tokens deploy_unit_verifies
-           backup_during_writes_restores_and_rejoins)
+           backup_during_writes_restores_and_rejoins network_namespaces_find_peers_by_name)
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
 for s in "${SCENARIOS[@]}"; do run "$s"; done
 echo "$PASSED passed, $FAILED failed"
