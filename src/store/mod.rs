@@ -224,6 +224,36 @@ impl Inner {
         }
     }
 
+    /// A read on the current handle. sled's errors are sticky, so between a fault and the
+    /// reopen (up to a second) the faulted handle can refuse reads of durable data too:
+    /// such a read waits for the fresh handle (up to [`REOPEN_WAIT`]) and is tried again
+    /// there, rather than failing a reader for a writer's fault.
+    fn read<T>(&self, read: impl Fn(&Engine) -> Result<T, sled::Error>) -> Result<T, StoreError> {
+        let engine = self.engine()?;
+        match read(&engine) {
+            Err(_) if !self.health.is_healthy() => {
+                // Only a weak reference while waiting: the reopen needs the last strong one
+                // gone (sled's directory lock goes with it), and the weak one keeps the
+                // old handle's address from being reused by the fresh one.
+                let faulted = Arc::downgrade(&engine);
+                drop(engine);
+                let started = std::time::Instant::now();
+                loop {
+                    let current = self.engine()?;
+                    if !std::sync::Weak::ptr_eq(&faulted, &Arc::downgrade(&current)) {
+                        return Ok(read(&current)?);
+                    }
+                    drop(current);
+                    if started.elapsed() >= REOPEN_WAIT {
+                        return Err(StoreError::Reopening);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            result => Ok(result?),
+        }
+    }
+
     fn lock_write(&self) -> MutexGuard<'_, WriteState> {
         // A panic while holding the lock leaves at worst extra index entries (which readers
         // skip) and a Merkle tree one apply behind the records until the next open; keep
@@ -425,7 +455,8 @@ impl Store {
             }
         }
         let key_bytes = key.to_bytes();
-        match self.inner.engine()?.records.get(record_key(&key_bytes))? {
+        let found = self.inner.read(|engine| engine.records.get(record_key(&key_bytes)))?;
+        match found {
             Some(bytes) => Ok(Some(decode(&key_bytes, &bytes)?)),
             None => Ok(None),
         }
