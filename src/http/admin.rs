@@ -15,8 +15,10 @@ use crate::service::docs::REVOKED_PREFIX;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"token_id": "5f0c2a4e-8d1b-4c55-9a39-0e6f7b1d2c3a"}))]
 pub struct Revoke {
     /// The token's id (`jti`), as `kvs token issue` printed it.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub token_id: String,
 }
 
@@ -39,7 +41,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Revoke>,
 ) -> Result<(StatusCode, Json<Revoked>), ApiError> {
-    let id = body.token_id.trim();
+    let id = body.token_id.as_str();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         return Err(ApiError::Validation {
@@ -161,7 +163,7 @@ pub struct SyncRounds {
         (status = 200, description = "One entry per round (a failed round says why)", body = SyncRounds),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks admin:*", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`peer` is not an alive member's address", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`peer` is not an alive member's address", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sync(
     State(state): State<AppState>,
@@ -171,10 +173,7 @@ pub async fn sync(
     if let Some(addr) = &query.peer {
         peers.retain(|member| &member.addr == addr);
         if peers.is_empty() {
-            return Err(ApiError::Validation {
-                field: "peer",
-                message: format!("{addr} is not the address of an alive member"),
-            });
+            return Err(ApiError::NotFound(format!("no alive member has the address {addr:?}")));
         }
     }
     let mut rounds = tokio::task::JoinSet::new();

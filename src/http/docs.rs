@@ -28,27 +28,45 @@ pub struct DocList {
     pub next_cursor: Option<String>,
 }
 
+/// A document's key as a path parameter: what `model::Key::doc` accepts, but for its
+/// limit of 1024 bytes as UTF-8, which JSON Schema cannot state (`maxLength` counts
+/// characters; a key of 1024 characters longer than 1024 bytes is refused with 422).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct DocKey {
+    /// UTF-8 path, 1 to 1024 bytes, no control characters (Unicode category Cc), e.g.
+    /// `users/john/profile`; `_kvs/` is reserved.
+    #[param(min_length = 1, max_length = 1024, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    key: String,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListDocs {
     /// Only keys starting with this.
     pub prefix: Option<String>,
-    /// Page size, 1–1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The key the page starts after (`next_cursor` of the previous page).
     pub cursor: Option<String>,
 }
 
 /// Store a JSON document (any JSON value).
-#[utoipa::path(put, path = "/kv/{key}", tag = "kv",
-    params(("key" = String, Path, description = "UTF-8 path up to 1 KiB, e.g. users/john/profile")),
-    request_body(content = serde_json::Value, description = "Any JSON document"),
+#[utoipa::path(put, path = "/kv/{key}", tag = "kv", operation_id = "putDocument",
+    params(DocKey, super::IfMatchHeader),
+    request_body(content = serde_json::Value, description = "Any JSON document", example = json!({"name": "Alice"})),
     responses(
-        (status = 200, description = "Replaced", body = DocVersion),
-        (status = 201, description = "Created", body = DocVersion),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replaced", body = DocVersion, headers(("ETag" = String))),
+        (status = 201, description = "Created", body = DocVersion,
+            headers(("ETag" = String), ("Location" = String, description = "/kv/{key}")),
+            links(
+                ("getDocument" = (operation_id = "getDocument", parameters(("key" = "$request.path.key")))),
+                ("deleteDocument" = (operation_id = "deleteDocument", parameters(("key" = "$request.path.key")))),
+            )),
+        (status = 403, description = "The key is under the reserved `_kvs/`, or the token may not write it", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not sent as JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad key", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put(
@@ -75,12 +93,13 @@ pub async fn put(
 }
 
 /// Get a JSON document, as it was stored.
-#[utoipa::path(get, path = "/kv/{key}", tag = "kv",
-    params(("key" = String, Path, description = "Document path")),
+#[utoipa::path(get, path = "/kv/{key}", tag = "kv", operation_id = "getDocument",
+    params(DocKey, super::IfNoneMatch),
     responses(
-        (status = 200, description = "The document", body = serde_json::Value, headers(("ETag" = String))),
-        (status = 304, description = "If-None-Match matched"),
+        (status = 200, description = "The document, as it was stored", body = serde_json::Value, headers(("ETag" = String))),
+        (status = 304, description = "If-None-Match matched", headers(("ETag" = String))),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad key", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -101,11 +120,14 @@ pub async fn get(
 }
 
 /// Delete a document (it leaves a replicated tombstone).
-#[utoipa::path(delete, path = "/kv/{key}", tag = "kv",
-    params(("key" = String, Path, description = "Document path")),
+#[utoipa::path(delete, path = "/kv/{key}", tag = "kv", operation_id = "deleteDocument",
+    params(DocKey, super::IfMatchHeader),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "The key is under the reserved `_kvs/`, or the token may not delete it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad key", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -123,9 +145,10 @@ pub async fn delete(
 }
 
 /// List document keys with their versions, in key order.
-#[utoipa::path(get, path = "/kv", tag = "kv", params(ListDocs),
+#[utoipa::path(get, path = "/kv", tag = "kv", operation_id = "listDocuments", params(ListDocs),
     responses(
-        (status = 200, description = "Keys and versions", body = DocList),
+        (status = 200, description = "Keys and versions", body = DocList,
+            headers(("Link" = String, description = "`</kv?…&cursor=…>; rel=\"next\"` when there are more"))),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(

@@ -95,16 +95,20 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
 /// Parses `If-Match`: `*` or a comma-separated list of entity tags.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("If-Match is not visible ASCII".into()))?
-        .trim();
+    // A value that is neither `*` nor a list of entity tags matches no version: the
+    // condition is false (RFC 9110 §13.1.1), so 412, with a detail that says why.
+    let unmet = |why: String| {
+        ApiError::PreconditionFailed(format!("If-Match {why}: it matches no version"))
+    };
+    let text = value.to_str().map_err(|_| unmet("is not visible ASCII".into()))?.trim();
+    if text.is_empty() {
+        return Err(ApiError::BadRequest("If-Match is empty; send `*` or entity tags".into()));
+    }
     if text == "*" {
         return Ok(Some(IfMatch::Any));
     }
-    let tags = entity_tags(text).ok_or_else(|| {
-        ApiError::BadRequest(format!("If-Match {text:?} is not a list of entity tags"))
-    })?;
+    let tags =
+        entity_tags(text).ok_or_else(|| unmet(format!("{text:?} is not a list of entity tags")))?;
     Ok(Some(IfMatch::OneOf(tags)))
 }
 

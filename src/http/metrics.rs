@@ -29,7 +29,7 @@ pub async fn count(State(state): State<AppState>, request: Request, next: Next) 
 
 /// The Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text format (names kvs_*)", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text format (names kvs_*)", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let data = state.services.status();
     let members = state.cluster.members();

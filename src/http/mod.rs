@@ -69,6 +69,33 @@ pub struct AppState {
     pub metrics: crate::metrics::SharedMetrics,
 }
 
+/// The `If-Match` request header (documentation only: `extract::if_match` reads it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IfMatchHeader {
+    /// `*` or a comma-separated list of entity tags from `ETag`: the write happens only
+    /// while the current version is one of them, else 412. A value that is neither
+    /// matches no version, so it is a 412 too (the detail says why); empty is a 400.
+    #[param(rename = "If-Match", nullable = false, min_length = 1)]
+    if_match: Option<String>,
+}
+
+/// The `If-None-Match` request header (documentation only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IfNoneMatch {
+    /// Entity tags from `ETag` (or `*`): 304 without a body while the version is one of them.
+    #[param(rename = "If-None-Match", nullable = false)]
+    if_none_match: Option<String>,
+}
+
+/// A schema only `null` satisfies: a field that may be sent as null and nothing else.
+fn null_only() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Null).build()
+}
+
 /// A version as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VersionBody {
@@ -144,13 +171,13 @@ pub fn rfc3339(ms: u64) -> String {
 #[openapi(
     info(title = "kvs", description = "A replicated key-value daemon. Errors are RFC 9457 problem documents."),
     paths(
-        todos::create, todos::list, todos::get, todos::update, todos::delete,
+        todos::create, todos::list, todos::get, todos::patch, todos::put, todos::delete,
         docs::put, docs::get, docs::delete, docs::list,
         health::live, health::ready, health::info, metrics::metrics,
         admin::revoke, admin::backup, admin::sync, admin::cluster,
     ),
     components(schemas(problem::Problem, problem::FieldProblem, VersionBody)),
-    modifiers(&AccessResponses),
+    modifiers(&Contract),
     tags(
         (name = "todos", description = "The todo collection"),
         (name = "kv", description = "Raw JSON documents"),
@@ -160,17 +187,25 @@ pub fn rfc3339(ms: u64) -> String {
 )]
 struct ApiDoc;
 
-/// The access layer's part of the contract, added to every operation but the two
-/// health probes (which are always open and never limited): the optional bearer token
-/// (tokens are on when the node has `auth.public_key`), and 401, 403 and 429.
-struct AccessResponses;
+/// What the shared layers answer, added to the operations they guard, so each handler's
+/// annotation lists only what it decides itself:
+/// - the access layer (every operation but the two health probes, which are always
+///   open and never limited): the optional bearer token (tokens are on when the node has
+///   `auth.public_key`), 401, 403 and 429;
+/// - the extractors: 400 for a parameter that does not parse; with a JSON body, 400
+///   (malformed, wrong types, unknown fields), 413 and 415;
+/// - the data routes' layers (`/todos`, `/kv`): 408 (`time_limit`), 503 (`require_ready`,
+///   or the store failing), and 507 on writes (disk full);
+/// - 500 on everything but the probes.
+struct Contract;
 
-impl utoipa::Modify for AccessResponses {
+impl utoipa::Modify for Contract {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
         use utoipa::openapi::security::{
             HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
         };
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme(
                 "bearer",
@@ -196,29 +231,53 @@ impl utoipa::Modify for AccessResponses {
             if path == "/health/live" || path == "/health/ready" {
                 continue;
             }
+            let data = path.starts_with("/todos") || path.starts_with("/kv");
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-                &mut item.head,
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
             ];
-            for operation in operations.into_iter().flatten() {
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
                 operation.security = Some(vec![
                     SecurityRequirement::default(),
                     SecurityRequirement::new("bearer", Vec::<String>::new()),
                 ]);
+                let has_body = operation.request_body.is_some();
+                let has_parameters = operation.parameters.as_ref().is_some_and(|p| {
+                    p.iter().any(|p| match p {
+                        RefOr::T(p) => !matches!(p.parameter_in, ParameterIn::Header),
+                        RefOr::Ref(_) => true,
+                    })
+                });
+                let is_write = method != "get";
                 let responses = &mut operation.responses.responses;
-                for (status, description) in [
-                    ("401", "No valid token (missing, expired, revoked or malformed)"),
-                    ("403", "The token does not permit this"),
-                    ("429", "Over the client's rate limit (see Retry-After)"),
-                ] {
+                let mut add = |status: &str, description: &str| {
                     responses
                         .entry(status.to_owned())
                         .or_insert_with(|| problem(description).into());
+                };
+                add("401", "No valid token (missing, expired, revoked or malformed)");
+                add("403", "The token does not permit this");
+                add("429", "Over the client's rate limit (see Retry-After)");
+                if has_parameters {
+                    add("400", "A parameter does not parse (not a UUID, not a number, not UTF-8)");
                 }
+                if has_body {
+                    add("400", "The body is not one JSON document of the documented shape (malformed, wrong types, unknown fields)");
+                    add("413", "The body is over the node's size limit (max_body_bytes)");
+                    add("415", "The body was not sent as JSON (Content-Type: application/json)");
+                }
+                if data {
+                    add("408", "The request took longer than the node's request time limit");
+                    add("503", "The node is not ready (joining, rebasing) or its storage is failing (see Retry-After)");
+                    if is_write {
+                        add("507", "The disk is full: nothing was written");
+                    }
+                }
+                add("500", "An unexpected fault (the node's log has the detail)");
             }
         }
     }
@@ -243,7 +302,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/todos", get(todos::list).post(todos::create))
         .route(
             "/todos/{id}",
-            get(todos::get).put(todos::update).patch(todos::update).delete(todos::delete),
+            get(todos::get).put(todos::put).patch(todos::patch).delete(todos::delete),
         )
         .route_layer(middleware::from_fn(access::guard_todos));
     let data = Router::new()
@@ -349,5 +408,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+#[cfg(test)]
+mod contract_tests;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,8 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed,
     Conflict(String),
-    PreconditionFailed,
+    /// 412: the detail says why (a version that changed, or an If-Match that names none).
+    PreconditionFailed(String),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     /// A peer request without the cluster key.
@@ -80,7 +81,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized | ApiError::NoToken(_) => StatusCode::UNAUTHORIZED,
@@ -105,15 +106,13 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(detail)
             | ApiError::NoToken(detail)
             | ApiError::Forbidden(detail)
-            | ApiError::BadGateway(detail) => detail.clone(),
+            | ApiError::BadGateway(detail)
+            | ApiError::PreconditionFailed(detail) => detail.clone(),
             ApiError::TooManyRequests { retry_after_secs, limit } => format!(
                 "over the rate limit of {limit} requests at once; retry in {retry_after_secs} s"
             ),
             ApiError::Validation { field, message } => format!("{field}: {message}"),
             ApiError::MethodNotAllowed => "this route does not take that method".into(),
-            ApiError::PreconditionFailed => {
-                "the resource's current version does not match If-Match".into()
-            }
             ApiError::Unauthorized => {
                 "this route needs a request signed with the cluster key".into()
             }
@@ -155,7 +154,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => ApiError::NotFound("no such resource".into()),
             ServiceError::Conflict(detail) => ApiError::Conflict(detail),
             ServiceError::ClockBehind(behind) => ApiError::Conflict(behind.to_string()),
-            ServiceError::PreconditionFailed => ApiError::PreconditionFailed,
+            ServiceError::PreconditionFailed => ApiError::PreconditionFailed(
+                "the resource's current version does not match If-Match".into(),
+            ),
             ServiceError::Invalid(field) => {
                 ApiError::Validation { field: field.field, message: field.message }
             }

@@ -12,20 +12,20 @@ use crate::clock::{Hlc, SystemClock};
 use crate::service::{Phase, Readiness, TtlRules};
 use crate::store::Store;
 
-struct Harness {
+pub(super) struct Harness {
     app: Router,
     services: Services,
     _dir: tempfile::TempDir,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
@@ -90,7 +90,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     Harness { app, services, _dir: dir }
 }
 
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     harness_with(1024 * 1024)
 }
 
@@ -114,7 +114,7 @@ impl Harness {
         Reply { status, headers, body }
     }
 
-    async fn json(&self, method: Method, uri: &str, body: &str) -> Reply {
+    pub(super) async fn json(&self, method: Method, uri: &str, body: &str) -> Reply {
         self.call(method, uri, &[("content-type", "application/json")], Some(body)).await
     }
 
@@ -299,6 +299,15 @@ async fn bad_input_gets_the_documented_status_and_changes_nothing() {
             Method::PATCH,
             format!("/todos/{id}"),
             vec![("content-type", "application/json"), ("if-match", "garbage")],
+            Some("{\"todo\":\"y\"}".into()),
+            // Not an entity tag, so it matches no version (RFC 9110 §13.1.1).
+            StatusCode::PRECONDITION_FAILED,
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/todos/{id}"),
+            vec![("content-type", "application/json"), ("if-match", "")],
             Some("{\"todo\":\"y\"}".into()),
             StatusCode::BAD_REQUEST,
             None,

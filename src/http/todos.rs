@@ -42,25 +42,40 @@ impl From<&TodoView> for TodoBody {
     }
 }
 
-/// `POST /todos` body. `todo` is required; `extern_id` (1–80 characters) makes the id
-/// deterministic, so creating the same `extern_id` on two nodes yields one todo.
+/// `POST /todos` body. `todo` is required; `extern_id` makes the id deterministic, so
+/// creating the same `extern_id` on two nodes yields one todo.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"todo": "buy milk", "extern_id": "shop-1"}))]
 pub struct CreateTodo {
+    /// 1–80 characters; the todo's id is its UUIDv5. Absent or null: a random id.
+    #[schema(min_length = 1, max_length = 80)]
     pub extern_id: Option<String>,
-    /// 1–500 characters
+    /// 1–500 characters, no control characters but newline and tab (the pattern: no
+    /// character of Unicode category Cc, U+0000–U+001F and U+007F–U+009F, but those two).
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub todo: Option<String>,
+    /// Absent or null: false.
     pub completed: Option<bool>,
 }
 
-/// `PUT`/`PATCH /todos/{id}` body: the fields to change. `extern_id` cannot change.
+/// `PUT`/`PATCH /todos/{id}` body: the fields to change (both methods take a partial
+/// body); absent or null leaves a field as it is. `extern_id` cannot change: it may only
+/// be absent or null.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"completed": true}))]
 pub struct UpdateTodo {
+    /// 1–500 characters, no control characters but newline and tab.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub todo: Option<String>,
     pub completed: Option<bool>,
-    /// Refused with 422 when present: it is immutable.
-    #[schema(value_type = Option<String>)]
+    /// Refused with 422 unless null: the id is derived from it.
+    #[schema(schema_with = super::null_only)]
     pub extern_id: Option<serde_json::Value>,
 }
 
@@ -71,9 +86,11 @@ pub struct ListTodos {
     pub completed: Option<bool>,
     /// Only the todo with this extern_id.
     pub extern_id: Option<String>,
-    /// Page size, 1–1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Opaque position from a previous page's `Link: rel="next"`.
+    #[param(pattern = "^[0-9a-fA-F]{48}$")]
     pub cursor: Option<String>,
 }
 
@@ -83,15 +100,19 @@ fn parse_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Create a todo.
-#[utoipa::path(post, path = "/todos", tag = "todos", request_body = CreateTodo,
+#[utoipa::path(post, path = "/todos", tag = "todos", operation_id = "createTodo",
+    request_body = CreateTodo,
     responses(
         (status = 201, description = "Created", body = TodoBody,
-            headers(("Location" = String), ("ETag" = String))),
-        (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
+            headers(("Location" = String, description = "/todos/{id}"), ("ETag" = String)),
+            links(
+                ("getTodo" = (operation_id = "getTodo", parameters(("id" = "$response.body#/id")))),
+                ("updateTodo" = (operation_id = "updateTodo", parameters(("id" = "$response.body#/id")))),
+                ("replaceTodo" = (operation_id = "replaceTodo", parameters(("id" = "$response.body#/id")))),
+                ("deleteTodo" = (operation_id = "deleteTodo", parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 409, description = "A live todo has this extern_id", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field broke its rule (named in `errors`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -110,10 +131,10 @@ pub async fn create(
 }
 
 /// List todos, newest first.
-#[utoipa::path(get, path = "/todos", tag = "todos", params(ListTodos),
+#[utoipa::path(get, path = "/todos", tag = "todos", operation_id = "listTodos", params(ListTodos),
     responses(
-        (status = 200, description = "A page of todos; `Link: <…>; rel=\"next\"` when there are more", body = [TodoBody]),
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of todos", body = [TodoBody],
+            headers(("Link" = String, description = "`</todos?…&cursor=…>; rel=\"next\"` when there are more"))),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
@@ -145,11 +166,11 @@ pub async fn list(
 }
 
 /// Get one todo.
-#[utoipa::path(get, path = "/todos/{id}", tag = "todos",
-    params(("id" = Uuid, Path, description = "Todo id")),
+#[utoipa::path(get, path = "/todos/{id}", tag = "todos", operation_id = "getTodo",
+    params(("id" = Uuid, Path, description = "Todo id"), super::IfNoneMatch),
     responses(
         (status = 200, description = "The todo", body = TodoBody, headers(("ETag" = String))),
-        (status = 304, description = "If-None-Match matched"),
+        (status = 304, description = "If-None-Match matched", headers(("ETag" = String))),
         (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
@@ -163,16 +184,45 @@ pub async fn get(
     Ok(conditional_get(&headers, &etag, || Json(TodoBody::from(&view)).into_response()))
 }
 
-/// Update fields of a todo (PUT and PATCH both take a partial body).
-#[utoipa::path(patch, path = "/todos/{id}", tag = "todos", request_body = UpdateTodo,
-    params(("id" = Uuid, Path, description = "Todo id")),
+/// Update fields of a todo.
+#[utoipa::path(patch, path = "/todos/{id}", tag = "todos", operation_id = "updateTodo",
+    request_body = UpdateTodo,
+    params(("id" = Uuid, Path, description = "Todo id"), super::IfMatchHeader),
     responses(
         (status = 200, description = "The updated todo", body = TodoBody, headers(("ETag" = String))),
         (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field broke its rule (named in `errors`)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn update(
+pub async fn patch(
+    state: State<AppState>,
+    id: PathParam,
+    headers: HeaderMap,
+    body: JsonBody<UpdateTodo>,
+) -> Result<Response, ApiError> {
+    update(state, id, headers, body).await
+}
+
+/// Update fields of a todo: the same partial body as PATCH.
+#[utoipa::path(put, path = "/todos/{id}", tag = "todos", operation_id = "replaceTodo",
+    request_body = UpdateTodo,
+    params(("id" = Uuid, Path, description = "Todo id"), super::IfMatchHeader),
+    responses(
+        (status = 200, description = "The updated todo", body = TodoBody, headers(("ETag" = String))),
+        (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field broke its rule (named in `errors`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put(
+    state: State<AppState>,
+    id: PathParam,
+    headers: HeaderMap,
+    body: JsonBody<UpdateTodo>,
+) -> Result<Response, ApiError> {
+    update(state, id, headers, body).await
+}
+
+async fn update(
     State(state): State<AppState>,
     PathParam(id): PathParam,
     headers: HeaderMap,
@@ -197,8 +247,8 @@ pub async fn update(
 }
 
 /// Delete a todo (it leaves a replicated tombstone).
-#[utoipa::path(delete, path = "/todos/{id}", tag = "todos",
-    params(("id" = Uuid, Path, description = "Todo id")),
+#[utoipa::path(delete, path = "/todos/{id}", tag = "todos", operation_id = "deleteTodo",
+    params(("id" = Uuid, Path, description = "Todo id"), super::IfMatchHeader),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such todo", body = Problem, content_type = "application/problem+json"),
@@ -230,7 +280,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn parse_cursor(text: &str) -> Result<[u8; 24], ApiError> {
     let bad = || ApiError::BadRequest(format!("cursor {text:?} is not one this server issued"));
-    if text.len() != 48 || !text.is_ascii() {
+    if text.len() != 48 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut cursor = [0u8; 24];

@@ -101,7 +101,7 @@ async fn operators_sync_rounds_and_see_every_members_figures() {
     let http = client();
     let refused =
         http.post(format!("{}/admin/v1/sync?peer=127.0.0.1:1", b.base)).send().await.unwrap();
-    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
     let problem: Value = refused.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("127.0.0.1:1"), "{problem}");
 
