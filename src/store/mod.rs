@@ -21,6 +21,7 @@
 //! a few sled inserts (microseconds, no `.await`, no network), which is what makes every
 //! read-modify-write atomic. Reads do not take it.
 
+mod changes;
 mod commit;
 mod fault;
 mod index;
@@ -35,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
-use crate::model::{Key, Origin, Record, Timestamp, Version};
+use crate::model::{Key, Origin, Record, Timestamp, Value, Version};
+pub use changes::{Change, ChangeLimits};
 use commit::Committer;
 pub use commit::FlushObserver;
 pub use fault::{FaultKind, StorageStatus, RESERVE_FILE};
@@ -132,12 +134,16 @@ struct WriteState {
     /// Every apply not yet known durable, with the record it replaced: what a fault
     /// rolls back, and what readers are served for those keys until it has.
     undo: VecDeque<Undo>,
+    /// The number the next change gets in the change log.
+    next_change: u64,
 }
 
 struct Undo {
     seq: u64,
     key: Key,
     previous: Option<Record>,
+    /// The change this apply logged: published once it is durable.
+    change: Option<Arc<Change>>,
 }
 
 /// One open sled handle and its trees. Replaced whole when the store reopens after a
@@ -147,6 +153,8 @@ struct Engine {
     records: sled::Tree,
     indexes: Indexes,
     meta: sled::Tree,
+    /// The change log (see `changes.rs`).
+    changes: sled::Tree,
     /// sled's data file, for an `fdatasync` after sled's flush: sled 0.34 uses
     /// `sync_file_range`, which does not survive power loss on Linux.
     data_file: File,
@@ -191,6 +199,7 @@ struct Inner {
     committer: Committer,
     /// False only for the `merkle-cost` benchmark: the tree is then left empty.
     merkle_upkeep: bool,
+    feed: changes::Feed,
 }
 
 impl Inner {
@@ -285,11 +294,39 @@ impl Inner {
     }
 
     /// Drops the undo entries of applies now durable.
+    /// Drops the undo entries of applies now durable and publishes their changes.
     fn forget_undo(&self, flushed: u64) {
-        let mut state = self.lock_write();
-        while state.undo.front().is_some_and(|undo| undo.seq <= flushed) {
-            state.undo.pop_front();
+        let mut durable = Vec::new();
+        {
+            let mut state = self.lock_write();
+            while state.undo.front().is_some_and(|undo| undo.seq <= flushed) {
+                if let Some(change) = state.undo.pop_front().and_then(|undo| undo.change) {
+                    durable.push(change);
+                }
+            }
         }
+        self.feed.publish(durable);
+    }
+
+    /// Takes the next change number and logs `record` under `key` with it (in the same
+    /// flush group as the record itself). Call with the write lock held.
+    fn log_change(
+        &self,
+        engine: &Engine,
+        state: &mut WriteState,
+        key: &Key,
+        key_bytes: &[u8],
+        record: &Record,
+    ) -> Result<Arc<Change>, sled::Error> {
+        let id = state.next_change;
+        let arrival = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        engine
+            .changes
+            .insert(changes::entry_key(id), changes::encode(arrival, key_bytes, record))?;
+        state.next_change += 1;
+        Ok(Arc::new(Change { id, key: key.clone(), record: record.clone() }))
     }
 
     /// Faults the store after a storage error in an apply or a flush (see `fault.rs`)
@@ -374,9 +411,16 @@ impl Inner {
         let engine = Arc::new(open::open_engine(&self.dir)?);
         let mut state = self.lock_write();
         let rolled_back = rollback(&engine, &state.undo);
+        // Changes past the last published one were not durable (or were lost): gone, and
+        // their numbers given out again.
+        let durable = self.feed.durable();
+        for entry in engine.changes.range(changes::entry_key(durable + 1)..) {
+            engine.changes.remove(entry?.0)?;
+        }
         let (rebuilt, _) = open::scan(&engine.records, self.merkle_upkeep)?;
         state.merkle = rebuilt.merkle;
         state.counts = rebuilt.counts;
+        state.next_change = durable + 1;
         *self.engine.write().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
         rolled_back?;
         engine.flush()?;
@@ -462,6 +506,66 @@ impl Store {
         }
     }
 
+    /// The logged changes after `after`, in order, at most `limit`, none past the last
+    /// durable one.
+    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let durable = self.inner.feed.durable();
+        if after >= durable {
+            return Ok(Vec::new());
+        }
+        let engine = self.inner.engine()?;
+        let range = changes::entry_key(after + 1)..=changes::entry_key(durable);
+        let mut found = Vec::new();
+        for entry in engine.changes.range(range).take(limit) {
+            let (key, bytes) = entry?;
+            found.push(changes::decode(changes::id_of(&key), &bytes)?.1);
+        }
+        Ok(found)
+    }
+
+    /// The oldest change the log still holds.
+    pub fn oldest_change(&self) -> Result<Option<u64>, StoreError> {
+        let first = self.inner.engine()?.changes.first()?;
+        Ok(first.map(|(key, _)| changes::id_of(&key)))
+    }
+
+    /// The number of the last durable change (0 before the first).
+    pub fn last_change(&self) -> u64 {
+        self.inner.feed.durable()
+    }
+
+    /// Every change from now on, as soon as it is durable. A receiver that falls more
+    /// than a thousand changes behind is told it lagged (and reads them from the log).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
+        self.inner.feed.subscribe()
+    }
+
+    pub fn set_change_limits(&self, limits: ChangeLimits) {
+        self.inner.feed.set_limits(limits);
+    }
+
+    /// Drops the oldest changes past the log's limits (at most `max` of them); returns
+    /// how many.
+    pub fn trim_changes(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let limits = self.inner.feed.limits();
+        let durable = self.inner.feed.durable();
+        let engine = self.inner.engine()?;
+        let mut trimmed = 0;
+        for entry in engine.changes.range(..=changes::entry_key(durable)).take(max) {
+            let (key, bytes) = entry?;
+            let id = changes::id_of(&key);
+            let (arrival, _) = changes::decode(id, &bytes)?;
+            let over = durable - id >= limits.max_entries;
+            let old = now_ms.saturating_sub(arrival) > limits.max_age_ms;
+            if !over && !old {
+                break;
+            }
+            engine.changes.remove(key)?;
+            trimmed += 1;
+        }
+        Ok(trimmed)
+    }
+
     /// Whether writes are accepted now (cheap: one atomic load).
     pub fn writable(&self) -> bool {
         self.inner.health.is_healthy()
@@ -522,14 +626,17 @@ impl Store {
         }
         let index = IndexChange::new(key, &key_bytes, current.as_ref(), &candidate)?;
         let encoded = codec::encode_record(&candidate);
-        let written = engine
-            .indexes
-            .insert_new(&index)
-            .and_then(|()| engine.records.insert(stored_key.as_slice(), encoded));
-        if let Err(error) = written {
-            // The index entries that may have been written are stale ones readers skip.
-            return Err(ApplyError::Store(inner.failed_write(state, error)));
-        }
+        let written = engine.indexes.insert_new(&index).and_then(|()| {
+            let change = inner.log_change(&engine, &mut state, key, &key_bytes, &candidate)?;
+            engine.records.insert(stored_key.as_slice(), encoded)?;
+            Ok(change)
+        });
+        let change = match written {
+            Ok(change) => change,
+            // The index entries that may have been written are stale ones readers skip; a
+            // logged change is past the last published one, so the reopen drops it.
+            Err(error) => return Err(ApplyError::Store(inner.failed_write(state, error))),
+        };
         // The record is written: from here on the tree and counts must follow it, so a
         // failure to drop an old index entry only leaves a stale entry readers skip.
         if let Err(error) = engine.indexes.remove_old(&index) {
@@ -543,7 +650,12 @@ impl Store {
         inner.toggle_entry(&mut state, segment, &key_bytes, &candidate);
         adjust(&mut state.counts, key, candidate.is_live(), 1);
         let seq = inner.committer.applied();
-        state.undo.push_back(Undo { seq, key: key.clone(), previous: current });
+        state.undo.push_back(Undo {
+            seq,
+            key: key.clone(),
+            previous: current,
+            change: Some(change),
+        });
         drop(state);
         inner.committer.request_flush();
         Ok(Applied { changed: true, record: candidate, seq })
@@ -569,6 +681,16 @@ impl Store {
         if current.version != *version {
             return Ok(false);
         }
+        // A live record removed outright is a delete to watchers (a purged tombstone
+        // changes nothing they can see).
+        let removed = Record { version: current.version, value: Value::Tombstone };
+        let change = match current.is_live() {
+            true => match inner.log_change(&engine, &mut state, key, &key_bytes, &removed) {
+                Ok(change) => Some(change),
+                Err(error) => return Err(inner.failed_write(state, error)),
+            },
+            false => None,
+        };
         if let Err(error) = engine.records.remove(&stored_key) {
             return Err(inner.failed_write(state, error));
         }
@@ -580,7 +702,7 @@ impl Store {
         inner.toggle_entry(&mut state, segment, &key_bytes, &current);
         adjust(&mut state.counts, key, current.is_live(), -1);
         let seq = inner.committer.applied();
-        state.undo.push_back(Undo { seq, key: key.clone(), previous: Some(current) });
+        state.undo.push_back(Undo { seq, key: key.clone(), previous: Some(current), change });
         drop(state);
         inner.committer.request_flush();
         Ok(true)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use super::changes;
 use super::commit::Committer;
 use super::fault::{FaultKind, Health, Reserve};
 use super::index::Indexes;
@@ -51,7 +52,9 @@ impl Store {
         let engine = open_engine(dir)?;
         check_format(&engine)?;
         let identity = load_or_create_identity(&engine, now_ms)?;
-        let (write, highest_ts_at_open) = scan(&engine.records, options.merkle_upkeep)?;
+        let (mut write, highest_ts_at_open) = scan(&engine.records, options.merkle_upkeep)?;
+        let last_change = engine.changes.last()?.map_or(0, |(key, _)| changes::id_of(&key));
+        write.next_change = last_change + 1;
         let reserve = Reserve::new(dir, options.reserve_bytes);
         let reserve_error = reserve.make().err();
         let inner = Arc::new(Inner {
@@ -63,6 +66,7 @@ impl Store {
             health: Health::new(reserve),
             committer: Committer::new(),
             merkle_upkeep: options.merkle_upkeep,
+            feed: changes::Feed::new(last_change),
         });
         inner.committer.spawn(Arc::downgrade(&inner)).map_err(sled::Error::Io)?;
         if let Some(error) = reserve_error {
@@ -80,10 +84,11 @@ pub(super) fn open_engine(dir: &Path) -> Result<Engine, StoreError> {
     let records = db.open_tree("records")?;
     let indexes = Indexes::open(&db)?;
     let meta = db.open_tree("meta")?;
+    let changes = db.open_tree("changes")?;
     let path = dir.join("db");
     let data_file = File::open(&path)
         .map_err(|source| StoreError::DataFile { path: path.display().to_string(), source })?;
-    Ok(Engine { db, records, indexes, meta, data_file })
+    Ok(Engine { db, records, indexes, meta, changes, data_file })
 }
 
 /// How long an open waits for the directory lock: sled's background threads release it
@@ -145,7 +150,7 @@ pub(super) fn scan(
             }
         }
     }
-    Ok((WriteState { merkle, counts, undo: Default::default() }, highest))
+    Ok((WriteState { merkle, counts, undo: Default::default(), next_change: 1 }, highest))
 }
 
 /// Refuses a directory written in another format; marks a new one with ours.

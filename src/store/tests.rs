@@ -381,3 +381,80 @@ fn a_corrupt_record_key_at_open_is_an_error_naming_it_not_a_panic() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The change log is a model list: every apply that changed something, numbered from
+    /// 1 in order, across restarts; resuming after any number gives exactly the suffix;
+    /// and a trim keeps exactly the newest `max_entries`.
+    #[test]
+    fn the_change_log_resumes_from_any_id_with_exactly_the_suffix(
+        ops in prop::collection::vec(arb_op(), 1..60),
+        keep in 1u64..10,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 1).unwrap();
+        let mut log: Vec<(Key, Record)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Apply(k, ts, uuid, value) => {
+                    let key = doc(&format!("k{k}"));
+                    let value = value.map(|v| vec![b'0' + v]);
+                    let applied = store.apply(&key, record(ts, 1, uuid, value.as_deref())).unwrap();
+                    runtime.block_on(store.wait_durable(applied.seq)).unwrap();
+                    if applied.changed {
+                        log.push((key, applied.record));
+                    }
+                }
+                Op::Restart => {
+                    store.close().unwrap();
+                    drop(store);
+                    store = Store::open(dir.path(), 1).unwrap();
+                }
+            }
+        }
+        prop_assert_eq!(store.last_change(), log.len() as u64);
+        for after in 0..=log.len() {
+            let suffix = store.changes_after(after as u64, usize::MAX).unwrap();
+            prop_assert_eq!(suffix.len(), log.len() - after);
+            for (change, (n, (key, record))) in suffix.iter().zip(log.iter().enumerate().skip(after)) {
+                prop_assert_eq!(change.id, n as u64 + 1);
+                prop_assert_eq!(&change.key, key);
+                prop_assert_eq!(&change.record, record);
+            }
+        }
+        store.set_change_limits(ChangeLimits { max_entries: keep, max_age_ms: u64::MAX });
+        store.trim_changes(0, usize::MAX).unwrap();
+        let kept = (log.len() as u64).min(keep);
+        let oldest = store.oldest_change().unwrap();
+        prop_assert_eq!(oldest, (kept > 0).then(|| log.len() as u64 - kept + 1));
+        let after = log.len() as u64 - kept;
+        prop_assert_eq!(store.changes_after(after, usize::MAX).unwrap().len() as u64, kept);
+    }
+}
+
+#[tokio::test]
+async fn durable_changes_are_published_live_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let mut live = store.subscribe_changes();
+    for n in 0..5u64 {
+        let applied =
+            store.apply(&doc(&format!("k{n}")), record(10 + n, 1, 1, Some(b"1"))).unwrap();
+        store.wait_durable(applied.seq).await.unwrap();
+    }
+    for n in 1..=5u64 {
+        let change = live.recv().await.unwrap();
+        assert_eq!(change.id, n);
+        assert_eq!(change.key, doc(&format!("k{}", n - 1)));
+    }
+    // A live record removed outright is published as a delete of its version.
+    let current = store.get(&doc("k0")).unwrap().unwrap();
+    assert!(store.remove_if_current(&doc("k0"), &current.version).unwrap());
+    let removed = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv()).await;
+    let removed = removed.unwrap().unwrap();
+    assert_eq!((removed.id, removed.record.is_live()), (6, false));
+    assert_eq!(removed.record.version, current.version);
+}
