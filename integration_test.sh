@@ -339,6 +339,26 @@ scenario_deploy_unit_verifies() {
   [ -z "$out" ] || { log "systemd-analyze warned: $out"; return 1; }
 }
 
+# A watcher (curl -N, as a user would) on n3 sees a create made on n1 and its delete,
+# each as one event with an id; resuming from the first id gets the delete again.
+scenario_watch_follows_changes_from_another_node() {
+  three_nodes
+  local out="$WORK/$SCENARIO/events" id
+  curl -sN -D "$out.headers" "$(url n3)/todos?watch=true" > "$out" &
+  WATCHER=$!
+  echo "$WATCHER" >> "$STARTED"
+  trap 'kill "$WATCHER" 2>/dev/null || true; stop_all' EXIT
+  eventually 10 "the watch is open" grep -q '^HTTP/1.1 200' "$out.headers"
+  id=$(post_todo n1 '{"todo":"watched from n3"}' | json id)
+  eventually 30 "the create seen on n3" grep -q "watched from n3" "$out"
+  curl -sf -X DELETE "$(url n1)/todos/$id" > /dev/null
+  eventually 30 "the delete seen on n3" grep -q '^event: delete' "$out"
+  local first
+  first=$(grep -m1 '^id: ' "$out" | cut -d' ' -f2)
+  curl -sN --max-time 3 -H "Last-Event-ID: $first" "$(url n3)/todos?watch=true" > "$out.resumed" || true
+  grep -q '^event: delete' "$out.resumed" && ! grep -q '^event: put' "$out.resumed"
+}
+
 # netns_down FILE: deletes the namespaces (with their /etc/netns files) and the bridge
 # that FILE lists, one "ns NAME" or "link NAME" per line.
 netns_down() {
@@ -453,7 +473,8 @@ run() {
 SCENARIOS=(crud_on_every_node replication late_joiner_bootstraps kill9_and_restart_catches_up
            delete_while_down_stays_deleted concurrent_updates_converge conflict_fixtures
            disk_full_recovers_and_converges replication_over_tls_with_tokens deploy_unit_verifies
-           backup_during_writes_restores_and_rejoins network_namespaces_find_peers_by_name)
+           backup_during_writes_restores_and_rejoins network_namespaces_find_peers_by_name
+           watch_follows_changes_from_another_node)
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); fi
 for s in "${SCENARIOS[@]}"; do run "$s"; done
 echo "$PASSED passed, $FAILED failed"

@@ -107,6 +107,12 @@ pub enum TodoCommand {
     },
     /// Show one todo
     Get { id: String },
+    /// Follow every change to a todo as it happens (Ctrl-C to stop)
+    Watch {
+        /// Resume after this change number (an earlier event's id) instead of from now
+        #[arg(long)]
+        after: Option<u64>,
+    },
     /// Mark a todo done (or not, with --undo)
     Done {
         id: String,
@@ -135,6 +141,15 @@ pub enum KvCommand {
         /// At most this many (1-1000)
         #[arg(long)]
         limit: Option<u32>,
+    },
+    /// Follow every change to a document as it happens (Ctrl-C to stop)
+    Watch {
+        /// Only keys starting with this
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Resume after this change number (an earlier event's id) instead of from now
+        #[arg(long)]
+        after: Option<u64>,
     },
 }
 
@@ -269,6 +284,12 @@ pub struct ServeArgs {
     /// 503 [default: false]
     #[arg(long, env = "KVS_SERVE_STALE", value_name = "BOOL")]
     pub serve_stale: Option<bool>,
+    /// Changes kept for watchers to resume from [default: 100000]
+    #[arg(long, env = "KVS_WATCH_LOG_ENTRIES", value_name = "N")]
+    pub watch_log_entries: Option<u64>,
+    /// Changes older than this are no longer kept for watchers [default: 24h]
+    #[arg(long, env = "KVS_WATCH_LOG_AGE", value_name = "DURATION")]
+    pub watch_log_age: Option<String>,
     /// Largest request body accepted, in bytes [default: 1048576]
     #[arg(long, env = "KVS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,

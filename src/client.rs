@@ -46,20 +46,53 @@ impl ClientError {
 /// One command of the client.
 #[derive(Debug, Clone)]
 pub enum Request {
-    TodoAdd { text: String, extern_id: Option<String> },
-    TodoList { completed: Option<bool>, limit: Option<u32> },
-    TodoGet { id: String },
-    TodoDone { id: String, done: bool },
-    TodoEdit { id: String, text: String },
-    TodoRemove { id: String },
-    KvGet { key: String },
-    KvPut { key: String, json: String },
-    KvRemove { key: String },
-    KvList { prefix: Option<String>, limit: Option<u32> },
+    TodoAdd {
+        text: String,
+        extern_id: Option<String>,
+    },
+    TodoList {
+        completed: Option<bool>,
+        limit: Option<u32>,
+    },
+    TodoGet {
+        id: String,
+    },
+    TodoDone {
+        id: String,
+        done: bool,
+    },
+    TodoEdit {
+        id: String,
+        text: String,
+    },
+    TodoRemove {
+        id: String,
+    },
+    KvGet {
+        key: String,
+    },
+    KvPut {
+        key: String,
+        json: String,
+    },
+    KvRemove {
+        key: String,
+    },
+    KvList {
+        prefix: Option<String>,
+        limit: Option<u32>,
+    },
     ClusterStatus,
     ClusterMembers,
     ClusterOverview,
-    ClusterSync { peer: Option<String> },
+    /// A watch of the todos (`prefix` None) or of the documents under `prefix`.
+    Watch {
+        prefix: Option<String>,
+        after: Option<u64>,
+    },
+    ClusterSync {
+        peer: Option<String>,
+    },
 }
 
 /// Runs `request` against `target` and returns what to print on stdout.
@@ -191,6 +224,7 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
                 .collect();
             Ok(table(&["NAME", "ADDRESS", "STATE", "LAST SYNC", "ID"], &rows))
         }
+        Request::Watch { prefix, after } => watch(target, prefix, after).await,
         Request::ClusterOverview => {
             let view = client.call(Method::GET, "/admin/v1/cluster", None).await?;
             if json {
@@ -265,6 +299,86 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
             }
         }
     }
+}
+
+/// `kvs todo watch` / `kvs kv watch`: prints each change as it arrives (one line, or the
+/// event's JSON with `--json`) until the stream ends or the user stops it.
+async fn watch(
+    target: &Target,
+    prefix: Option<String>,
+    after: Option<u64>,
+) -> Result<String, ClientError> {
+    let client = Client::with_timeout(target, None)?;
+    let path = match &prefix {
+        None => "/todos?watch=true".to_owned(),
+        Some(prefix) => format!("/kv?watch=true&prefix={}", self::path(prefix)),
+    };
+    let mut request = client.http.get(format!("{}{path}", client.base));
+    if let Some(token) = &client.token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(after) = after {
+        request = request.header("last-event-id", after.to_string());
+    }
+    let unreachable = |error: reqwest::Error| ClientError::Unreachable {
+        url: client.base.clone(),
+        reason: root_cause(&error),
+    };
+    let mut response = request.send().await.map_err(unreachable)?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        return Err(ClientError::Refused(refusal(status, &bytes)));
+    }
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (id, event, data) = (field("id: "), field("event: "), field("data: "));
+            if event.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            if event == "closed" {
+                return Err(ClientError::Refused(format!(
+                    "the watch ended: {}",
+                    text(&data["reason"])
+                )));
+            }
+            if target.json {
+                println!(
+                    "{}",
+                    json!({ "id": id.parse::<u64>().ok(), "event": event, "data": data })
+                );
+                continue;
+            }
+            let line = match (&data["todo"], &data["key"]) {
+                (Value::Object(todo), _) => {
+                    let done = if todo["completed"] == true { "done" } else { "open" };
+                    format!(
+                        "{id}  {event:<6}  {}  {done}  {}",
+                        text(&data["id"]),
+                        text(&todo["todo"])
+                    )
+                }
+                (_, Value::String(key)) => format!("{id}  {event:<6}  {key}  {}", data["value"]),
+                _ => format!("{id}  {event:<6}  {}", text(&data["id"])),
+            };
+            println!(
+                "{}",
+                line.escape_debug().to_string().replace("\\'", "'").replace("\\\"", "\"")
+            );
+        }
+    }
+    Ok(String::new())
 }
 
 /// `kvs backup`: streams the node's backup into `out` (through `out.part`, renamed
@@ -352,15 +466,21 @@ struct Client {
 
 impl Client {
     fn new(target: &Target) -> Result<Client, ClientError> {
+        Client::with_timeout(target, Some(Duration::from_secs(60)))
+    }
+
+    /// `timeout` bounds a whole request; `None` for a stream that stays open.
+    fn with_timeout(target: &Target, timeout: Option<Duration>) -> Result<Client, ClientError> {
         let base = target.url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::Usage(format!(
                 "--url {base:?} must start with http:// or https://"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
         if let Some(path) = &target.cacert {
             let pem = std::fs::read(path).map_err(|error| {
                 ClientError::Usage(format!("--cacert {}: {error}", path.display()))

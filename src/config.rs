@@ -57,6 +57,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Client tokens; `None` lets every client do everything.
     pub auth: Option<AuthConfig>,
+    /// The change log watchers resume from: at most this many changes (`watch.log_entries`)…
+    pub watch_log_entries: u64,
+    /// …none older than this (`watch.log_age`).
+    pub watch_log_age: Duration,
     /// Per-client rate limit; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     pub log_level: String,
@@ -112,6 +116,15 @@ struct FileConfig {
     auth: AuthSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    watch: WatchSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchSection {
+    log_entries: Option<u64>,
+    log_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,7 +203,12 @@ impl Config {
     }
 
     fn from_layers(args: &ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
-        let FileConfig { log_level, log_format, node, cluster, http, tls, auth, limits } = file;
+        let FileConfig { log_level, log_format, node, cluster, http, tls, auth, limits, watch } =
+            file;
+        let watch_log_entries = args.watch_log_entries.or(watch.log_entries).unwrap_or(100_000);
+        if watch_log_entries == 0 {
+            return Err(invalid("watch.log_entries", "must be greater than 0"));
+        }
         let tls = resolve_tls(args, tls)?;
         let auth = resolve_auth(args, auth)?;
         let rate_limit = resolve_limits(args, limits)?;
@@ -333,6 +351,13 @@ impl Config {
                 Duration::from_secs(20),
             )?,
             merkle_upkeep: !args.bench_skip_merkle,
+            watch_log_entries,
+            watch_log_age: duration(
+                "watch.log_age",
+                &args.watch_log_age,
+                watch.log_age,
+                Duration::from_secs(24 * 3600),
+            )?,
             tls,
             auth,
             rate_limit,

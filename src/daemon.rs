@@ -226,6 +226,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         access: Arc::new(access),
         tls: tls.is_some(),
         metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");
@@ -246,6 +247,11 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         shutdown.clone(),
     ));
     tasks.spawn(gc::purge_loop(services.replica.clone(), config.tombstone_ttl, shutdown.clone()));
+    store.set_change_limits(crate::store::ChangeLimits {
+        max_entries: config.watch_log_entries,
+        max_age_ms: config.watch_log_age.as_millis() as u64,
+    });
+    tasks.spawn(gc::change_log_loop(store.clone(), shutdown.clone()));
     if standalone {
         tracing::info!("no seeds configured: running standalone");
     } else {

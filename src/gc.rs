@@ -1,4 +1,4 @@
-//! The tombstone purge task.
+//! The purge tasks: expired tombstones, and the change log past its limits.
 //!
 //! A tombstone is purged once it is older than `tombstone_ttl`, and each pass also
 //! moves this node's purge horizon to now − TTL while it is in contact. Why that is safe,
@@ -27,6 +27,26 @@ pub async fn purge_loop(replica: ReplicaService, ttl: Duration, stop: Cancellati
             Ok(Ok(purged)) => tracing::info!(purged, "purged expired tombstones"),
             Ok(Err(error)) => tracing::warn!(%error, "tombstone purge failed"),
             Err(error) => tracing::warn!(%error, "tombstone purge task failed"),
+        }
+    }
+}
+
+/// Trims the change log to its limits (entries and age) once a second.
+pub async fn change_log_loop(store: crate::store::Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let store = store.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || store.trim_changes(now_ms, PER_PASS)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(trimmed)) => tracing::debug!(trimmed, "trimmed the change log"),
+            Ok(Err(error)) => tracing::warn!(%error, "trimming the change log failed"),
+            Err(error) => tracing::warn!(%error, "change log trim task failed"),
         }
     }
 }

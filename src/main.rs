@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 TodoCommand::Add { text, extern_id } => Request::TodoAdd { text, extern_id },
                 TodoCommand::Ls { completed, limit } => Request::TodoList { completed, limit },
                 TodoCommand::Get { id } => Request::TodoGet { id },
+                TodoCommand::Watch { after } => Request::Watch { prefix: None, after },
                 TodoCommand::Done { id, undo } => Request::TodoDone { id, done: !undo },
                 TodoCommand::Edit { id, text } => Request::TodoEdit { id, text },
                 TodoCommand::Rm { id } => Request::TodoRemove { id },
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
                 },
                 KvCommand::Rm { key } => Request::KvRemove { key },
                 KvCommand::Ls { prefix, limit } => Request::KvList { prefix, limit },
+                KvCommand::Watch { prefix, after } => {
+                    Request::Watch { prefix: Some(prefix.unwrap_or_default()), after }
+                }
             };
             call(&client, request)
         }

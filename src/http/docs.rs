@@ -12,6 +12,7 @@ use super::extract::{if_match, PathParam, Query, RawJson};
 use super::problem::{ApiError, Problem};
 use super::{conditional_get, page_limit, with_etag, AppState, VersionBody};
 use crate::service::docs::RESERVED_PREFIX;
+use crate::service::watch::Scope;
 use crate::token::{Action, Resource};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,6 +52,9 @@ pub struct ListDocs {
     pub limit: Option<i64>,
     /// The key the page starts after (`next_cursor` of the previous page).
     pub cursor: Option<String>,
+    /// `true`: instead of a page, a Server-Sent Events stream of every change to a
+    /// document under `prefix` from now on (or after the change named by `Last-Event-ID`).
+    pub watch: Option<bool>,
 }
 
 /// Store a JSON document (any JSON value).
@@ -145,20 +149,29 @@ pub async fn delete(
 }
 
 /// List document keys with their versions, in key order.
-#[utoipa::path(get, path = "/kv", tag = "kv", operation_id = "listDocuments", params(ListDocs),
+#[utoipa::path(get, path = "/kv", tag = "kv", operation_id = "listDocuments",
+    params(ListDocs, super::LastEventId),
     responses(
-        (status = 200, description = "Keys and versions", body = DocList,
+        (status = 200, description = "Keys and versions; with `watch=true`, an event stream (`event: put|delete`, `id:` the change number, `data:` {key, op, version, value})",
+            content((DocList = "application/json"), (String = "text/event-stream")),
             headers(("Link" = String, description = "`</kv?…&cursor=…>; rel=\"next\"` when there are more"))),
+        (status = 410, description = "`Last-Event-ID` names a change this node no longer keeps: list again, then watch from now", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Query(params): Query<ListDocs>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(params.limit)?;
     let prefix = params.prefix.unwrap_or_default();
     caller.require_listing(&prefix)?;
+    let after = super::watch::resume_point(&headers)?;
+    if params.watch == Some(true) {
+        let scope = Scope::Docs { prefix };
+        return super::watch::respond(&state, scope, after, move |path| caller.may_read_doc(path));
+    }
     let page = state.services.docs.list(&prefix, limit, params.cursor.as_deref())?;
     // Only what the caller may read; a page can then hold fewer than `limit` keys.
     let keys = page

@@ -13,6 +13,7 @@ mod problem;
 mod serve;
 mod todos;
 mod ui;
+mod watch;
 
 use std::sync::{Arc, OnceLock};
 
@@ -67,6 +68,8 @@ pub struct AppState {
     pub tls: bool,
     /// Request counts and latencies, flushes (`/metrics`).
     pub metrics: crate::metrics::SharedMetrics,
+    /// Cancelled when the node stops: long-lived responses (watch streams) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The `If-Match` request header (documentation only: `extract::if_match` reads it).
@@ -89,6 +92,17 @@ struct IfNoneMatch {
     /// Entity tags from `ETag` (or `*`): 304 without a body while the version is one of them.
     #[param(rename = "If-None-Match", nullable = false)]
     if_none_match: Option<String>,
+}
+
+/// The `Last-Event-ID` request header of a watch (documentation only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct LastEventId {
+    /// With `watch=true`: resume after this change (the `id:` of the last event taken);
+    /// every change after it is sent first. 410 when the node no longer keeps it.
+    #[param(rename = "Last-Event-ID", nullable = false, pattern = "^[0-9]{1,19}$")]
+    last_event_id: Option<String>,
 }
 
 /// A schema only `null` satisfies: a field that may be sent as null and nothing else.

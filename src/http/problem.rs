@@ -18,6 +18,8 @@ pub enum ApiError {
         message: String,
     },
     NotFound(String),
+    /// 410: a watch resume point this node no longer has (the client lists again).
+    Gone(String),
     MethodNotAllowed,
     Conflict(String),
     /// 412: the detail says why (a version that changed, or an If-Match that names none).
@@ -79,6 +81,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -107,7 +110,8 @@ impl ApiError {
             | ApiError::NoToken(detail)
             | ApiError::Forbidden(detail)
             | ApiError::BadGateway(detail)
-            | ApiError::PreconditionFailed(detail) => detail.clone(),
+            | ApiError::PreconditionFailed(detail)
+            | ApiError::Gone(detail) => detail.clone(),
             ApiError::TooManyRequests { retry_after_secs, limit } => format!(
                 "over the rate limit of {limit} requests at once; retry in {retry_after_secs} s"
             ),

@@ -85,6 +85,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         access: Arc::default(),
         tls: false,
         metrics: Arc::default(),
+        shutdown: Default::default(),
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

@@ -12,6 +12,7 @@ use super::extract::{if_match, JsonBody, PathParam, Query};
 use super::problem::{ApiError, Problem};
 use super::{conditional_get, page_limit, rfc3339, with_etag, AppState, VersionBody};
 use crate::model::Timestamp;
+use crate::service::watch::Scope;
 use crate::service::{NewTodo, TodoPatch, TodoQuery, TodoView};
 
 /// A todo as the API shows it.
@@ -92,6 +93,9 @@ pub struct ListTodos {
     /// Opaque position from a previous page's `Link: rel="next"`.
     #[param(pattern = "^[0-9a-fA-F]{48}$")]
     pub cursor: Option<String>,
+    /// `true`: instead of a page, a Server-Sent Events stream of every change to a todo
+    /// from now on (or after the change named by `Last-Event-ID`); see the README.
+    pub watch: Option<bool>,
 }
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
@@ -131,16 +135,25 @@ pub async fn create(
 }
 
 /// List todos, newest first.
-#[utoipa::path(get, path = "/todos", tag = "todos", operation_id = "listTodos", params(ListTodos),
+#[utoipa::path(get, path = "/todos", tag = "todos", operation_id = "listTodos",
+    params(ListTodos, super::LastEventId),
     responses(
-        (status = 200, description = "A page of todos", body = [TodoBody],
+        (status = 200, description = "A page of todos; with `watch=true`, an event stream (`event: put|delete`, `id:` the change number, `data:` {id, op, version, todo})",
+            content(([TodoBody] = "application/json"), (String = "text/event-stream")),
             headers(("Link" = String, description = "`</todos?…&cursor=…>; rel=\"next\"` when there are more"))),
+        (status = 410, description = "`Last-Event-ID` names a change this node no longer keeps: list again, then watch from now", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(params): Query<ListTodos>,
 ) -> Result<Response, ApiError> {
+    // Checked on every listing (not only a watch), as the document says.
+    let after = super::watch::resume_point(&headers)?;
+    if params.watch == Some(true) {
+        return super::watch::respond(&state, Scope::Todos, after, |_| true);
+    }
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
     let query = TodoQuery {

@@ -5,6 +5,7 @@ pub mod docs;
 mod readiness;
 mod replica;
 mod todos;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,6 +184,7 @@ pub struct Services {
     pub todos: TodoService,
     pub docs: DocService,
     pub replica: ReplicaService,
+    pub changes: watch::ChangeFeed,
     pub readiness: Readiness,
     /// Counts of what the pusher did with local writes.
     pub pushes: Arc<PushStats>,
@@ -205,6 +207,7 @@ impl Services {
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
             replica: ReplicaService::new(store.clone(), clock.clone(), ttl, readiness.clone()),
+            changes: watch::ChangeFeed::new(store.clone()),
             readiness,
             store,
             clock,

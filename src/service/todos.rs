@@ -173,7 +173,7 @@ fn current_todo<'a>(
     Ok((current, stored))
 }
 
-fn view(id: Uuid, record: Record) -> Option<TodoView> {
+pub(super) fn view(id: Uuid, record: Record) -> Option<TodoView> {
     let todo = StoredTodo::decode(record.live_bytes()?).ok()?;
     Some(TodoView { id, todo, version: record.version })
 }

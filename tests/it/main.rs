@@ -14,3 +14,4 @@ mod security;
 mod sim;
 mod storage;
 mod support;
+mod watch;

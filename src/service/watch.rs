@@ -1,0 +1,163 @@
+//! Following the change log (see `store::changes`): a watch starts now or resumes after a
+//! change number, reads what it missed from the log, then takes live changes as they
+//! become durable. A watcher never slows a writer: a live queue it does not drain makes it
+//! catch up from the log, and one the log no longer covers ends with [`WatchEnd::FellBehind`].
+
+use uuid::Uuid;
+
+use super::todos::{view, TodoView};
+use crate::model::{Key, Version};
+use crate::store::{Change, Store, StoreError};
+
+/// Changes of one collection: the todos, or the documents under a prefix.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    Todos,
+    Docs { prefix: String },
+}
+
+/// One change as a watcher sees it.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub id: u64,
+    pub version: Version,
+    pub item: Item,
+}
+
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// `todo` is `None` for a delete.
+    Todo { id: Uuid, todo: Option<TodoView> },
+    /// `value` (the JSON document as stored) is `None` for a delete.
+    Doc { path: String, value: Option<Vec<u8>> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("change {asked} is no longer kept (the oldest kept is {oldest}): list again, then watch from now")]
+    Gone { asked: u64, oldest: u64 },
+    #[error(
+        "change {asked} is past this node's newest ({newest}): list again, then watch from now"
+    )]
+    Unknown { asked: u64, newest: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a watch ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchEnd {
+    #[error("fell behind the change log (change {next} is no longer kept): list again, then watch from now")]
+    FellBehind { next: u64 },
+    #[error("the node is shutting down")]
+    Closed,
+    #[error("reading the change log failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Changes read from the log per step.
+const LOG_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct ChangeFeed {
+    store: Store,
+}
+
+impl ChangeFeed {
+    pub(super) fn new(store: Store) -> ChangeFeed {
+        ChangeFeed { store }
+    }
+
+    /// A watch of `scope` from now, or resumed after change `after`.
+    pub fn watch(&self, scope: Scope, after: Option<u64>) -> Result<Watch, WatchError> {
+        // Subscribed first, so nothing published between the check and the first read
+        // is missed (what the log also holds is skipped by number).
+        let live = self.store.subscribe_changes();
+        let newest = self.store.last_change();
+        let last = match after {
+            None => newest,
+            Some(asked) if asked > newest => return Err(WatchError::Unknown { asked, newest }),
+            Some(asked) if asked < newest => {
+                let oldest = self.store.oldest_change()?.unwrap_or(newest + 1);
+                if oldest > asked + 1 {
+                    return Err(WatchError::Gone { asked, oldest });
+                }
+                asked
+            }
+            Some(asked) => asked,
+        };
+        Ok(Watch { store: self.store.clone(), live, last, scope })
+    }
+}
+
+pub struct Watch {
+    store: Store,
+    live: tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>,
+    /// The number of the last change taken (whether or not it was in scope).
+    last: u64,
+    scope: Scope,
+}
+
+impl Watch {
+    /// The next changes in scope, in order (waits until there is one).
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, WatchEnd> {
+        loop {
+            let changes = self.take().await?;
+            let events: Vec<WatchEvent> =
+                changes.iter().filter_map(|change| self.event(change)).collect();
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// The next changes after `last`, from the log while it is ahead of us, else live.
+    async fn take(&mut self) -> Result<Vec<Change>, WatchEnd> {
+        loop {
+            if self.store.last_change() > self.last {
+                let store = self.store.clone();
+                let after = self.last;
+                let batch =
+                    tokio::task::spawn_blocking(move || store.changes_after(after, LOG_BATCH))
+                        .await
+                        .map_err(|_| WatchEnd::Closed)??;
+                match batch.first() {
+                    Some(first) if first.id != self.last + 1 => {
+                        return Err(WatchEnd::FellBehind { next: self.last + 1 });
+                    }
+                    Some(_) => {
+                        self.last = batch.last().map_or(self.last, |change| change.id);
+                        return Ok(batch);
+                    }
+                    None => {}
+                }
+            }
+            use tokio::sync::broadcast::error::RecvError;
+            match self.live.recv().await {
+                Ok(change) if change.id == self.last + 1 => {
+                    self.last = change.id;
+                    return Ok(vec![(*change).clone()]);
+                }
+                // Seen already, or ahead after a lag: the log has what lies between.
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Err(WatchEnd::Closed),
+            }
+        }
+    }
+
+    fn event(&self, change: &Change) -> Option<WatchEvent> {
+        let item = match (&self.scope, &change.key) {
+            (Scope::Todos, Key::Todo(id)) => {
+                Item::Todo { id: *id, todo: view(*id, change.record.clone()) }
+            }
+            (Scope::Docs { prefix }, Key::Doc(path)) if path.starts_with(prefix.as_str()) => {
+                Item::Doc {
+                    path: path.clone(),
+                    value: change.record.live_bytes().map(<[u8]>::to_vec),
+                }
+            }
+            _ => return None,
+        };
+        Some(WatchEvent { id: change.id, version: change.record.version, item })
+    }
+}
