@@ -18,6 +18,7 @@ mod report;
 mod scenarios;
 mod secure;
 mod tail;
+mod watchers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +59,9 @@ enum Scenario {
     /// One plain node and one with TLS and tokens required, same run: creates/s and
     /// gets/s on each (interleaved quarters), p99, and the secure/plain ratios
     Secure,
+    /// One node: creates/s without watchers and with 1,000 watch streams open
+    /// (interleaved quarters), the ratio, and whether every watcher got every change
+    Watchers,
     /// All of the above
     All,
 }
@@ -141,6 +145,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Scale,
             Scenario::Attack,
             Scenario::Secure,
+            Scenario::Watchers,
         ];
     }
     scenarios.dedup();
@@ -170,6 +175,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Scale => scenarios::data_at_scale(&settings, &http).await,
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::Secure => secure::secure(&settings, &http).await,
+                Scenario::Watchers => watchers::watchers(&settings, &http).await,
                 Scenario::All => unreachable!("expanded above"),
             }
             .with_context(|| format!("{name}, run {run}"))?;
