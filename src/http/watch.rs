@@ -15,7 +15,11 @@ use serde_json::json;
 use super::problem::ApiError;
 use super::todos::TodoBody;
 use super::{AppState, VersionBody};
-use crate::service::watch::{Item, Scope, WatchError, WatchEvent};
+use std::sync::Arc;
+
+use crate::model::Key;
+use crate::service::watch::{self, Item, Scope, WatchError, WatchEvent};
+use crate::store::Change;
 
 /// Comment lines this often keep proxies from cutting an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -48,6 +52,7 @@ pub fn respond(
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(BUFFER);
     let stop = state.shutdown.clone();
+    let cache = state.rendered.clone();
     tokio::spawn(async move {
         loop {
             let events = tokio::select! {
@@ -66,11 +71,11 @@ pub fn respond(
                     return;
                 }
             };
-            for event in events.iter().filter(|event| match &event.item {
-                Item::Doc { path, .. } => visible(path),
-                Item::Todo { .. } => true,
+            for change in events.iter().filter(|change| match &change.key {
+                Key::Doc(path) => visible(path),
+                Key::Todo(_) => true,
             }) {
-                match tokio::time::timeout(STALLED, tx.send(Ok(sse_event(event)))).await {
+                match tokio::time::timeout(STALLED, tx.send(Ok(cache.event(change)))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return, // the client went away
                     Err(_) => {
@@ -89,7 +94,45 @@ fn closed(reason: &str) -> Event {
     Event::default().event("closed").data(json!({ "reason": reason }).to_string())
 }
 
-fn sse_event(event: &WatchEvent) -> Event {
+/// Changes rendered once and shared by every watcher that sends them (the newest few
+/// thousand): with many watchers, rendering each change once per watcher would cost
+/// writers more than the watchers' sockets do.
+#[derive(Default)]
+pub struct Rendered {
+    recent: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<(&'static str, String)>>>,
+}
+
+/// Rendered changes kept.
+const RENDERED: usize = 4096;
+
+impl Rendered {
+    fn event(&self, change: &Change) -> Event {
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rendered = match recent.get(&change.id) {
+            Some(rendered) => rendered.clone(),
+            None => {
+                let rendered = Arc::new(render(&watch::event(change)));
+                recent.insert(change.id, rendered.clone());
+                while recent.len() > RENDERED {
+                    recent.pop_first();
+                }
+                rendered
+            }
+        };
+        drop(recent);
+        let (op, data) = &*rendered;
+        Event::default().id(change.id.to_string()).event(*op).data(data)
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rendered")
+    }
+}
+
+/// The event name and data of a change.
+fn render(event: &WatchEvent) -> (&'static str, String) {
     let version = VersionBody::from(&event.version);
     let (op, data) = match &event.item {
         Item::Todo { id, todo } => {
@@ -104,5 +147,5 @@ fn sse_event(event: &WatchEvent) -> Event {
             (op, json!({ "key": path, "op": op, "version": version, "value": value }))
         }
     };
-    Event::default().id(event.id.to_string()).event(op).data(data.to_string())
+    (op, data.to_string())
 }

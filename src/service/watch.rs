@@ -3,6 +3,8 @@
 //! become durable. A watcher never slows a writer: a live queue it does not drain makes it
 //! catch up from the log, and one the log no longer covers ends with [`WatchEnd::FellBehind`].
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::todos::{view, TodoView};
@@ -99,20 +101,28 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The next changes in scope, in order (waits until there is one).
-    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, WatchEnd> {
+    /// The next changes in scope, in order (waits until there is one). They are shared,
+    /// not copied: a thousand watchers of one change hold one change.
+    pub async fn next(&mut self) -> Result<Vec<Arc<Change>>, WatchEnd> {
         loop {
-            let changes = self.take().await?;
-            let events: Vec<WatchEvent> =
-                changes.iter().filter_map(|change| self.event(change)).collect();
-            if !events.is_empty() {
-                return Ok(events);
+            let mut changes = self.take().await?;
+            changes.retain(|change| self.in_scope(&change.key));
+            if !changes.is_empty() {
+                return Ok(changes);
             }
         }
     }
 
+    fn in_scope(&self, key: &Key) -> bool {
+        match (&self.scope, key) {
+            (Scope::Todos, Key::Todo(_)) => true,
+            (Scope::Docs { prefix }, Key::Doc(path)) => path.starts_with(prefix.as_str()),
+            _ => false,
+        }
+    }
+
     /// The next changes after `last`, from the log while it is ahead of us, else live.
-    async fn take(&mut self) -> Result<Vec<Change>, WatchEnd> {
+    async fn take(&mut self) -> Result<Vec<Arc<Change>>, WatchEnd> {
         loop {
             if self.store.last_change() > self.last {
                 let store = self.store.clone();
@@ -127,7 +137,7 @@ impl Watch {
                     }
                     Some(_) => {
                         self.last = batch.last().map_or(self.last, |change| change.id);
-                        return Ok(batch);
+                        return Ok(batch.into_iter().map(Arc::new).collect());
                     }
                     None => {}
                 }
@@ -136,7 +146,7 @@ impl Watch {
             match self.live.recv().await {
                 Ok(change) if change.id == self.last + 1 => {
                     self.last = change.id;
-                    return Ok(vec![(*change).clone()]);
+                    return Ok(vec![change]);
                 }
                 // Seen already, or ahead after a lag: the log has what lies between.
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -144,20 +154,15 @@ impl Watch {
             }
         }
     }
+}
 
-    fn event(&self, change: &Change) -> Option<WatchEvent> {
-        let item = match (&self.scope, &change.key) {
-            (Scope::Todos, Key::Todo(id)) => {
-                Item::Todo { id: *id, todo: view(*id, change.record.clone()) }
-            }
-            (Scope::Docs { prefix }, Key::Doc(path)) if path.starts_with(prefix.as_str()) => {
-                Item::Doc {
-                    path: path.clone(),
-                    value: change.record.live_bytes().map(<[u8]>::to_vec),
-                }
-            }
-            _ => return None,
-        };
-        Some(WatchEvent { id: change.id, version: change.record.version, item })
-    }
+/// A change as a watcher sees it: the todo decoded, or the document's bytes.
+pub fn event(change: &Change) -> WatchEvent {
+    let item = match &change.key {
+        Key::Todo(id) => Item::Todo { id: *id, todo: view(*id, change.record.clone()) },
+        Key::Doc(path) => {
+            Item::Doc { path: path.clone(), value: change.record.live_bytes().map(<[u8]>::to_vec) }
+        }
+    };
+    WatchEvent { id: change.id, version: change.record.version, item }
 }
