@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::todos::{view, TodoView};
 use crate::model::{Key, Version};
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, ChangeBatch, Store, StoreError};
 
 /// Changes of one collection: the todos, or the documents under a prefix.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ impl ChangeFeed {
 
 pub struct Watch {
     store: Store,
-    live: tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>,
+    live: tokio::sync::broadcast::Receiver<ChangeBatch>,
     /// The number of the last change taken (whether or not it was in scope).
     last: u64,
     scope: Scope,
@@ -121,10 +121,29 @@ impl Watch {
         }
     }
 
-    /// The next changes after `last`, from the log while it is ahead of us, else live.
+    /// The next changes after `last`: live ones already queued first (the cheap path:
+    /// shared, no read), from the log when the queue skipped some (a lag), else the next
+    /// live one when it comes.
     async fn take(&mut self) -> Result<Vec<Arc<Change>>, WatchEnd> {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         loop {
-            if self.store.last_change() > self.last {
+            let mut queued = Vec::new();
+            let mut gap = false;
+            loop {
+                match self.live.try_recv() {
+                    Ok(batch) => gap |= !self.follow(&batch, &mut queued),
+                    Err(TryRecvError::Lagged(_)) => gap = true,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => return Err(WatchEnd::Closed),
+                }
+                if gap {
+                    break;
+                }
+            }
+            if !queued.is_empty() {
+                return Ok(queued);
+            }
+            if gap || self.store.last_change() > self.last {
                 let store = self.store.clone();
                 let after = self.last;
                 let batch =
@@ -142,17 +161,35 @@ impl Watch {
                     None => {}
                 }
             }
-            use tokio::sync::broadcast::error::RecvError;
             match self.live.recv().await {
-                Ok(change) if change.id == self.last + 1 => {
-                    self.last = change.id;
-                    return Ok(vec![change]);
+                Ok(batch) => {
+                    let mut taken = Vec::new();
+                    // A batch ahead of us (after a lag) leaves the gap to the log.
+                    self.follow(&batch, &mut taken);
+                    if !taken.is_empty() {
+                        return Ok(taken);
+                    }
                 }
-                // Seen already, or ahead after a lag: the log has what lies between.
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return Err(WatchEnd::Closed),
             }
         }
+    }
+
+    /// Takes the changes of `batch` that follow `last` into `taken`; false when the batch
+    /// starts past `last + 1` (changes were skipped: the log has them).
+    fn follow(&mut self, batch: &ChangeBatch, taken: &mut Vec<Arc<Change>>) -> bool {
+        for change in batch.iter() {
+            if change.id <= self.last {
+                continue;
+            }
+            if change.id != self.last + 1 {
+                return false;
+            }
+            self.last = change.id;
+            taken.push(change.clone());
+        }
+        true
     }
 }
 

@@ -39,12 +39,17 @@ impl Default for ChangeLimits {
     }
 }
 
-/// Live changes not yet taken by a watcher beyond this many make it catch up from the log.
-const LIVE_BACKLOG: usize = 1024;
+/// The changes one flush made durable, in order: what live watchers are sent (one message
+/// per flush, so a thousand watchers cost a flush a thousand wake-ups, not that many per
+/// change).
+pub type Batch = Arc<Vec<Arc<Change>>>;
+
+/// Batches not yet taken by a watcher beyond this many make it catch up from the log.
+const LIVE_BACKLOG: usize = 256;
 
 /// The publishing side, shared by the store's handles.
 pub(super) struct Feed {
-    live: broadcast::Sender<Arc<Change>>,
+    live: broadcast::Sender<Batch>,
     /// The highest number published (every change up to it is durable).
     durable: AtomicU64,
     limits: std::sync::Mutex<ChangeLimits>,
@@ -59,11 +64,18 @@ impl Feed {
         }
     }
 
-    /// Called by the committer, in order, for the changes a flush made durable.
-    pub(super) fn publish(&self, changes: Vec<Arc<Change>>) {
-        for change in changes {
-            self.durable.store(change.id, Ordering::Release);
-            let _ = self.live.send(change); // no watcher: nothing to do
+    /// Called by the committer, in order, for the changes a flush made durable: readers
+    /// of the log see them from now on (before the writers are acknowledged).
+    pub(super) fn mark_durable(&self, changes: &[Arc<Change>]) {
+        if let Some(last) = changes.last() {
+            self.durable.store(last.id, Ordering::Release);
+        }
+    }
+
+    /// Then, after the acknowledgements, the live watchers get them.
+    pub(super) fn send(&self, changes: Vec<Arc<Change>>) {
+        if !changes.is_empty() {
+            let _ = self.live.send(Arc::new(changes)); // no watcher: nothing to do
         }
     }
 
@@ -71,7 +83,7 @@ impl Feed {
         self.durable.load(Ordering::Acquire)
     }
 
-    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.live.subscribe()
     }
 

@@ -210,9 +210,9 @@ fn flush(shared: &Shared, inner: &Inner) {
     let started = std::time::Instant::now();
     match inner.flush_engine() {
         Ok(()) => {
-            // Published to watchers before the writers hear back, so a writer that reads
-            // the change log after its acknowledgement finds its own change there.
-            inner.forget_undo(target);
+            // In the change log before the writers hear back (a writer that reads it after
+            // its acknowledgement finds its own change); sent to live watchers after.
+            let changes = inner.forget_undo(target);
             let mut applies = 0;
             shared.state.send_modify(|s| {
                 applies = target.saturating_sub(s.flushed);
@@ -221,6 +221,7 @@ fn flush(shared: &Shared, inner: &Inner) {
             if let Some(observer) = shared.observer.get() {
                 observer.flushed(started.elapsed(), applies);
             }
+            inner.send_changes(changes);
         }
         Err(error) => {
             inner.fault(&error);

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::codec::{self, CodecError};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::model::{Key, Origin, Record, Timestamp, Value, Version};
-pub use changes::{Change, ChangeLimits};
+pub use changes::{Batch as ChangeBatch, Change, ChangeLimits};
 use commit::Committer;
 pub use commit::FlushObserver;
 pub use fault::{FaultKind, StorageStatus, RESERVE_FILE};
@@ -294,8 +294,9 @@ impl Inner {
     }
 
     /// Drops the undo entries of applies now durable.
-    /// Drops the undo entries of applies now durable and publishes their changes.
-    fn forget_undo(&self, flushed: u64) {
+    /// Drops the undo entries of applies now durable; their changes are marked durable
+    /// and returned, for [`changes::Feed::send`] once the writers are acknowledged.
+    fn forget_undo(&self, flushed: u64) -> Vec<Arc<Change>> {
         let mut durable = Vec::new();
         {
             let mut state = self.lock_write();
@@ -305,7 +306,13 @@ impl Inner {
                 }
             }
         }
-        self.feed.publish(durable);
+        self.feed.mark_durable(&durable);
+        durable
+    }
+
+    /// Sends durable changes to the live watchers.
+    fn send_changes(&self, changes: Vec<Arc<Change>>) {
+        self.feed.send(changes);
     }
 
     /// Takes the next change number and logs `record` under `key` with it (in the same
@@ -536,7 +543,7 @@ impl Store {
 
     /// Every change from now on, as soon as it is durable. A receiver that falls more
     /// than a thousand changes behind is told it lagged (and reads them from the log).
-    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ChangeBatch> {
         self.inner.feed.subscribe()
     }
 

@@ -445,8 +445,11 @@ async fn durable_changes_are_published_live_in_order() {
             store.apply(&doc(&format!("k{n}")), record(10 + n, 1, 1, Some(b"1"))).unwrap();
         store.wait_durable(applied.seq).await.unwrap();
     }
-    for n in 1..=5u64 {
-        let change = live.recv().await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < 5 {
+        received.extend(live.recv().await.unwrap().iter().cloned());
+    }
+    for (n, change) in (1..=5u64).zip(&received) {
         assert_eq!(change.id, n);
         assert_eq!(change.key, doc(&format!("k{}", n - 1)));
     }
@@ -454,7 +457,7 @@ async fn durable_changes_are_published_live_in_order() {
     let current = store.get(&doc("k0")).unwrap().unwrap();
     assert!(store.remove_if_current(&doc("k0"), &current.version).unwrap());
     let removed = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv()).await;
-    let removed = removed.unwrap().unwrap();
+    let removed = removed.unwrap().unwrap()[0].clone();
     assert_eq!((removed.id, removed.record.is_live()), (6, false));
     assert_eq!(removed.record.version, current.version);
 }
