@@ -1,8 +1,9 @@
 //! The change log: every change that becomes visible on this node — a local write, a
 //! merge from a peer, a record removed by the sync rules — numbered in the order it was
 //! applied, kept in the `changes` tree so a watcher can resume after a disconnect or a
-//! restart, and published to live watchers once it is durable (never before: a change
-//! lost to a storage fault is rolled back, its number reused, and never seen).
+//! restart, and sent to live watchers once it is durable, in one batch per flush (never
+//! before: a change lost to a storage fault is rolled back, its number reused, and never
+//! seen).
 //!
 //! An entry is `[arrival ms: u64 BE][key length: u16 BE][key bytes][record]` under its
 //! number (u64 BE). The log is bounded by entries and age ([`ChangeLimits`]); what falls
