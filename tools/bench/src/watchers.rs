@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
-use serde_json::json;
+use anyhow::{ensure, Result};
 
 use crate::procs;
 use crate::report::Figure;
@@ -21,18 +20,7 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
     let dir = tempfile::tempdir()?;
     let node = procs::start(&settings.kvs, "watched", dir.path(), &[], &[])?;
     let base = node.base();
-    let started = Instant::now();
-    while !http
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if started.elapsed() > READY {
-            bail!("the node was not ready after {READY:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    procs::wait_ready(http, &node, READY).await?;
 
     let quarter = settings.seconds / 4.0;
     let (mut plain, mut watched) = ((0usize, Duration::ZERO), (0usize, Duration::ZERO));
@@ -41,7 +29,7 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
     let (mut delivered, mut expected) = (0u64, 0u64);
     for with_watchers in [false, true, true, false] {
         let open = if with_watchers { Some(open_watchers(&base, watchers).await?) } else { None };
-        let (latencies, elapsed) = creates_for(settings, http, &base, quarter).await?;
+        let (latencies, elapsed) = scenarios::create_load(settings, http, &node, quarter).await?;
         match &open {
             Some((streams, counts)) => {
                 watched.0 += latencies.len();
@@ -121,23 +109,4 @@ async fn open_watchers(
         }));
     }
     Ok((streams, counts))
-}
-
-async fn creates_for(
-    settings: &Settings,
-    http: &reqwest::Client,
-    base: &str,
-    seconds: f64,
-) -> Result<(Vec<Duration>, Duration)> {
-    let (http, url) = (http.clone(), format!("{base}/todos"));
-    scenarios::drive(settings.clients, seconds, move |client, n| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let body = json!({"todo": format!("client {client} todo {n}")});
-            let reply = http.post(url).json(&body).send().await?;
-            ensure!(reply.status().is_success(), "create answered {}", reply.status());
-            Ok(())
-        }
-    })
-    .await
 }
