@@ -70,8 +70,6 @@ pub struct AppState {
     pub metrics: crate::metrics::SharedMetrics,
     /// Cancelled when the node stops: long-lived responses (watch streams) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// Watch events rendered once for every watcher (see `watch.rs`).
-    pub rendered: Arc<watch::Rendered>,
 }
 
 /// The `If-Match` request header (documentation only: `extract::if_match` reads it).

@@ -86,7 +86,6 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         tls: false,
         metrics: Arc::default(),
         shutdown: Default::default(),
-        rendered: Arc::default(),
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

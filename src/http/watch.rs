@@ -15,8 +15,6 @@ use serde_json::json;
 use super::problem::ApiError;
 use super::todos::TodoBody;
 use super::{AppState, VersionBody};
-use std::sync::Arc;
-
 use crate::model::Key;
 use crate::service::watch::{self, Item, Scope, WatchError, WatchEvent};
 use crate::store::Change;
@@ -52,7 +50,6 @@ pub fn respond(
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(BUFFER);
     let stop = state.shutdown.clone();
-    let cache = state.rendered.clone();
     tokio::spawn(async move {
         loop {
             let events = tokio::select! {
@@ -75,7 +72,7 @@ pub fn respond(
                 Key::Doc(path) => visible(path),
                 Key::Todo(_) => true,
             }) {
-                match tokio::time::timeout(STALLED, tx.send(Ok(cache.event(change)))).await {
+                match tokio::time::timeout(STALLED, tx.send(Ok(sse_event(change)))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return, // the client went away
                     Err(_) => {
@@ -94,41 +91,10 @@ fn closed(reason: &str) -> Event {
     Event::default().event("closed").data(json!({ "reason": reason }).to_string())
 }
 
-/// Changes rendered once and shared by every watcher that sends them (the newest few
-/// thousand): with many watchers, rendering each change once per watcher would cost
-/// writers more than the watchers' sockets do.
-#[derive(Default)]
-pub struct Rendered {
-    recent: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<(&'static str, String)>>>,
-}
-
-/// Rendered changes kept.
-const RENDERED: usize = 4096;
-
-impl Rendered {
-    fn event(&self, change: &Change) -> Event {
-        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rendered = match recent.get(&change.id) {
-            Some(rendered) => rendered.clone(),
-            None => {
-                let rendered = Arc::new(render(&watch::event(change)));
-                recent.insert(change.id, rendered.clone());
-                while recent.len() > RENDERED {
-                    recent.pop_first();
-                }
-                rendered
-            }
-        };
-        drop(recent);
-        let (op, data) = &*rendered;
-        Event::default().id(change.id.to_string()).event(*op).data(data)
-    }
-}
-
-impl std::fmt::Debug for Rendered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Rendered")
-    }
+/// The event for a change.
+fn sse_event(change: &Change) -> Event {
+    let (op, data) = render(&watch::event(change));
+    Event::default().id(change.id.to_string()).event(op).data(data)
 }
 
 /// The event name and data of a change.
