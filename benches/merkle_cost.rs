@@ -31,7 +31,7 @@ fn record(n: u64) -> (Key, Record) {
     };
     (
         Key::Todo(kvs::model::todo::todo_id(&todo.extern_id)),
-        Record { version, value: Value::Live(todo.encode()) },
+        Record::new(version, Value::Live(todo.encode())),
     )
 }
 

@@ -262,7 +262,14 @@ mod tests {
             origin: Origin { node: crate::model::NodeId(uuid::Uuid::nil()), joined_at: 1 },
             uuid: uuid::Uuid::nil(),
         };
-        (key, Record { version, value: Value::Live(format!("{{\"n\":{n}}}").into_bytes()) })
+        (
+            key,
+            Record {
+                version,
+                value: Value::Live(format!("{{\"n\":{n}}}").into_bytes()),
+                expires_at: None,
+            },
+        )
     }
 
     fn trailer_of(records: &[(Key, Record)]) -> Trailer {

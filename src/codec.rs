@@ -14,9 +14,16 @@ pub const RECORD_FORMAT: u8 = 1;
 pub const VERSION_BYTES: usize = 48;
 /// Format byte + version + value kind.
 pub const RECORD_HEADER_BYTES: usize = 1 + VERSION_BYTES + 1;
+/// An expiring record's expiry (ms, 8 bytes) follows the header.
+const EXPIRY_BYTES: usize = 8;
 
+/// The value kinds: a tombstone and a value (the only two before expiry existed, so
+/// their bytes are unchanged), then the same two with an expiry after the header (an
+/// expiring value, and the expired form of one).
 const KIND_TOMBSTONE: u8 = 0;
 const KIND_LIVE: u8 = 1;
+const KIND_LIVE_EXPIRING: u8 = 2;
+const KIND_EXPIRED: u8 = 3;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -63,17 +70,33 @@ pub fn decode_version(bytes: &[u8; VERSION_BYTES]) -> Version {
 
 pub fn encode_record(record: &Record) -> Vec<u8> {
     let value = record.live_bytes().unwrap_or_default();
-    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + value.len());
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + EXPIRY_BYTES + value.len());
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&encode_version(&record.version));
-    out.push(if record.is_live() { KIND_LIVE } else { KIND_TOMBSTONE });
+    out.push(match (record.is_live(), record.expires_at) {
+        (false, None) => KIND_TOMBSTONE,
+        (true, None) => KIND_LIVE,
+        (true, Some(_)) => KIND_LIVE_EXPIRING,
+        (false, Some(_)) => KIND_EXPIRED,
+    });
+    if let Some(at) = record.expires_at {
+        out.extend_from_slice(&at.to_be_bytes());
+    }
     out.extend_from_slice(value);
     out
 }
 
-/// The header of an encoded record: its version bytes and whether it is live, without
-/// copying the value (what a start-up scan needs).
-pub fn peek_record(bytes: &[u8]) -> Result<(&[u8; VERSION_BYTES], bool), CodecError> {
+/// The header of an encoded record, without copying the value (what a start-up scan
+/// needs).
+pub struct Header<'a> {
+    pub version: &'a [u8; VERSION_BYTES],
+    pub live: bool,
+    pub expires_at: Option<u64>,
+    /// Where the value starts.
+    value_at: usize,
+}
+
+pub fn peek_record(bytes: &[u8]) -> Result<Header<'_>, CodecError> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(CodecError::Truncated(bytes.len()));
     }
@@ -82,19 +105,34 @@ pub fn peek_record(bytes: &[u8]) -> Result<(&[u8; VERSION_BYTES], bool), CodecEr
     }
     let version: &[u8; VERSION_BYTES] =
         bytes[1..1 + VERSION_BYTES].try_into().expect("length checked above");
-    match bytes[1 + VERSION_BYTES] {
-        KIND_LIVE => Ok((version, true)),
-        KIND_TOMBSTONE if bytes.len() == RECORD_HEADER_BYTES => Ok((version, false)),
-        KIND_TOMBSTONE => Err(CodecError::TombstoneWithValue(bytes.len() - RECORD_HEADER_BYTES)),
-        other => Err(CodecError::UnknownKind(other)),
+    let kind = bytes[1 + VERSION_BYTES];
+    let (live, expiring) = match kind {
+        KIND_TOMBSTONE => (false, false),
+        KIND_LIVE => (true, false),
+        KIND_LIVE_EXPIRING => (true, true),
+        KIND_EXPIRED => (false, true),
+        other => return Err(CodecError::UnknownKind(other)),
+    };
+    let mut value_at = RECORD_HEADER_BYTES;
+    let mut expires_at = None;
+    if expiring {
+        let expiry = bytes
+            .get(value_at..value_at + EXPIRY_BYTES)
+            .ok_or(CodecError::Truncated(bytes.len()))?;
+        expires_at = Some(u64::from_be_bytes(expiry.try_into().expect("8 bytes")));
+        value_at += EXPIRY_BYTES;
     }
+    if !live && bytes.len() > value_at {
+        return Err(CodecError::TombstoneWithValue(bytes.len() - value_at));
+    }
+    Ok(Header { version, live, expires_at, value_at })
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
-    let (version, live) = peek_record(bytes)?;
+    let header = peek_record(bytes)?;
     let value =
-        if live { Value::Live(bytes[RECORD_HEADER_BYTES..].to_vec()) } else { Value::Tombstone };
-    Ok(Record { version: decode_version(version), value })
+        if header.live { Value::Live(bytes[header.value_at..].to_vec()) } else { Value::Tombstone };
+    Ok(Record { version: decode_version(header.version), value, expires_at: header.expires_at })
 }
 
 /// zstd at a fast level (wire batches are compressed once and sent once).
@@ -130,14 +168,16 @@ mod tests {
             any::<u128>(),
             any::<u128>(),
             prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+            prop::option::of(any::<u64>()),
         )
-            .prop_map(|(ts, joined_at, node, uuid, value)| Record {
+            .prop_map(|(ts, joined_at, node, uuid, value, expires_at)| Record {
                 version: Version {
                     ts: Timestamp::from_raw(ts),
                     origin: Origin { node: NodeId(Uuid::from_u128(node)), joined_at },
                     uuid: Uuid::from_u128(uuid),
                 },
                 value: value.map_or(Value::Tombstone, Value::Live),
+                expires_at,
             })
     }
 
@@ -161,13 +201,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        let mut bytes = encode_record(&Record {
-            version: decode_version(&[0; VERSION_BYTES]),
-            value: Value::Tombstone,
-        });
+        let tombstone = Record::new(decode_version(&[0; VERSION_BYTES]), Value::Tombstone);
+        let expired = Record { expires_at: Some(7), ..tombstone.clone() };
+        let mut expired_bytes = encode_record(&expired);
+        assert_eq!(decode_record(&expired_bytes), Ok(expired));
+        expired_bytes.push(1);
+        assert_eq!(decode_record(&expired_bytes), Err(CodecError::TombstoneWithValue(1)));
+        let short = RECORD_HEADER_BYTES + 3;
+        assert_eq!(decode_record(&expired_bytes[..short]), Err(CodecError::Truncated(short)));
+        let mut bytes = encode_record(&tombstone);
         assert!(decode_record(&bytes).is_ok());
         bytes.push(1);
         assert_eq!(decode_record(&bytes), Err(CodecError::TombstoneWithValue(1)));
+        bytes[1 + VERSION_BYTES] = 4;
+        assert_eq!(decode_record(&bytes), Err(CodecError::UnknownKind(4)));
         bytes[0] = 9;
         assert_eq!(decode_record(&bytes), Err(CodecError::UnknownFormat(9)));
         assert_eq!(decode_record(&bytes[..10]), Err(CodecError::Truncated(10)));

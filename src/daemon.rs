@@ -247,6 +247,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         shutdown.clone(),
     ));
     tasks.spawn(gc::purge_loop(services.replica.clone(), config.tombstone_ttl, shutdown.clone()));
+    tasks.spawn(gc::expire_loop(services.replica.clone(), shutdown.clone()));
     store.set_change_limits(crate::store::ChangeLimits {
         max_entries: config.watch_log_entries,
         max_age_ms: config.watch_log_age.as_millis() as u64,

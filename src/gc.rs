@@ -1,4 +1,5 @@
-//! The purge tasks: expired tombstones, and the change log past its limits.
+//! The purge tasks: expired tombstones, records whose expiry came, and the change log
+//! past its limits.
 //!
 //! A tombstone is purged once it is older than `tombstone_ttl`, and each pass also
 //! moves this node's purge horizon to now − TTL while it is in contact. Why that is safe,
@@ -27,6 +28,25 @@ pub async fn purge_loop(replica: ReplicaService, ttl: Duration, stop: Cancellati
             Ok(Ok(purged)) => tracing::info!(purged, "purged expired tombstones"),
             Ok(Err(error)) => tracing::warn!(%error, "tombstone purge failed"),
             Err(error) => tracing::warn!(%error, "tombstone purge task failed"),
+        }
+    }
+}
+
+/// Rewrites records whose expiry came to their expired form, four times a second.
+/// Readers never wait for this (a due record already reads as absent); it is what turns
+/// the expiry into a delete watchers see, and lets the purge reclaim the value's space.
+pub async fn expire_loop(replica: ReplicaService, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let replica = replica.clone();
+        match tokio::task::spawn_blocking(move || replica.expire_due(PER_PASS)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(expired)) => tracing::debug!(expired, "rewrote expired records"),
+            Ok(Err(error)) => tracing::warn!(%error, "expiring records failed"),
+            Err(error) => tracing::warn!(%error, "expiry task failed"),
         }
     }
 }

@@ -464,6 +464,7 @@ mod tests {
                         uuid: Uuid::from_u128(uuid),
                     },
                     value: value.map_or(Value::Tombstone, |v| Value::Live(v.into_bytes())),
+                    expires_at: (ts % 3 == 0).then_some(ts / 3),
                 };
                 (Key::doc(&path).unwrap(), record)
             },
@@ -488,6 +489,7 @@ mod tests {
                             uuid: Uuid::from_u128(n as u128),
                         },
                         value: Value::Live(vec![b'x'; *size]),
+                        expires_at: None,
                     };
                     (Key::doc(&format!("k{n}")).unwrap(), record)
                 })

@@ -52,7 +52,7 @@ pub async fn revoke(
     let now = state.cluster.now_ms();
     let document = serde_json::to_vec(&serde_json::json!({ "revoked_at_ms": now }))
         .map_err(|error| ApiError::Internal(error.to_string()))?;
-    state.services.docs.put(&format!("{REVOKED_PREFIX}{id}"), document, None).await?;
+    state.services.docs.put(&format!("{REVOKED_PREFIX}{id}"), document, None, None).await?;
     tracing::info!(token_id = id, "token revoked");
     Ok((StatusCode::OK, Json(Revoked { token_id: id.to_owned(), revoked_at_ms: now })))
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::Caller;
-use super::extract::{if_match, PathParam, Query, RawJson};
+use super::extract::{if_match, ttl, PathParam, Query, RawJson};
 use super::problem::{ApiError, Problem};
-use super::{conditional_get, page_limit, with_etag, AppState, VersionBody};
+use super::{conditional_get, page_limit, rfc3339, with_etag, AppState, VersionBody};
 use crate::service::docs::RESERVED_PREFIX;
 use crate::service::watch::Scope;
 use crate::token::{Action, Resource};
@@ -19,6 +19,21 @@ use crate::token::{Action, Resource};
 pub struct DocVersion {
     pub key: String,
     pub version: VersionBody,
+    /// RFC 3339: when the document stops existing (on every node); null: never.
+    pub expires_at: Option<String>,
+}
+
+/// The header a document's expiry travels in, on `GET /kv/{key}` (RFC 3339).
+pub const EXPIRES_AT: &str = "kvs-expires-at";
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PutDoc {
+    /// Expire this long after the write (`30s`, `15m`, `2h`, `7d`; units ms, s, m, h, d):
+    /// from then on the document is gone on every node. Absent: never (a put without
+    /// `ttl` clears an earlier one).
+    #[param(pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,7 +74,7 @@ pub struct ListDocs {
 
 /// Store a JSON document (any JSON value).
 #[utoipa::path(put, path = "/kv/{key}", tag = "kv", operation_id = "putDocument",
-    params(DocKey, super::IfMatchHeader),
+    params(DocKey, PutDoc, super::IfMatchHeader),
     request_body(content = serde_json::Value, description = "Any JSON document", example = json!({"name": "Alice"})),
     responses(
         (status = 200, description = "Replaced", body = DocVersion, headers(("ETag" = String))),
@@ -77,16 +92,23 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(key): PathParam,
+    Query(params): Query<PutDoc>,
     headers: HeaderMap,
     RawJson(body): RawJson,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Write, Resource::Kv(&key))?;
     refuse_reserved(&key)?;
     let condition = if_match(&headers)?;
-    let (created, version) =
-        state.services.docs.put(&key, body.to_vec(), condition.as_ref()).await?;
+    let ttl = params.ttl.map(|text| ttl("ttl", &text)).transpose()?;
+    let (created, doc) =
+        state.services.docs.put(&key, body.to_vec(), ttl, condition.as_ref()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let body = DocVersion { key: key.clone(), version: VersionBody::from(&version) };
+    let version = doc.version;
+    let body = DocVersion {
+        key: key.clone(),
+        version: VersionBody::from(&version),
+        expires_at: doc.expires_at.map(rfc3339),
+    };
     let mut response = (status, Json(body)).into_response();
     if created {
         if let Ok(location) = HeaderValue::from_str(&format!("/kv/{}", encode_path(&key))) {
@@ -100,7 +122,8 @@ pub async fn put(
 #[utoipa::path(get, path = "/kv/{key}", tag = "kv", operation_id = "getDocument",
     params(DocKey, super::IfNoneMatch),
     responses(
-        (status = 200, description = "The document, as it was stored", body = serde_json::Value, headers(("ETag" = String))),
+        (status = 200, description = "The document, as it was stored", body = serde_json::Value,
+            headers(("ETag" = String), ("Kvs-Expires-At" = String, description = "RFC 3339: when the document expires (absent: never)"))),
         (status = 304, description = "If-None-Match matched", headers(("ETag" = String))),
         (status = 404, description = "No such document", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad key", body = Problem, content_type = "application/problem+json"),
@@ -112,15 +135,19 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Read, Resource::Kv(&key))?;
-    let (bytes, version) = state
+    let doc = state
         .services
         .docs
         .get(&key)?
         .ok_or_else(|| ApiError::NotFound(format!("no document at {key:?}")))?;
-    let etag = version.etag();
-    Ok(conditional_get(&headers, &etag, || {
-        ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
-    }))
+    let etag = doc.version.etag();
+    let mut response = conditional_get(&headers, &etag, || {
+        ([(header::CONTENT_TYPE, "application/json")], doc.json).into_response()
+    });
+    if let Some(at) = doc.expires_at.and_then(|at| HeaderValue::from_str(&rfc3339(at)).ok()) {
+        response.headers_mut().insert(EXPIRES_AT, at);
+    }
+    Ok(response)
 }
 
 /// Delete a document (it leaves a replicated tombstone).
@@ -181,6 +208,7 @@ pub async fn list(
         .map(|entry| DocVersion {
             key: entry.path.clone(),
             version: VersionBody::from(&entry.version),
+            expires_at: entry.expires_at.map(rfc3339),
         })
         .collect();
     let mut response = Json(DocList { keys, next_cursor: page.next.clone() }).into_response();

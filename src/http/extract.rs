@@ -9,6 +9,39 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use crate::service::IfMatch;
 
+/// The one TTL syntax of the API: `^[1-9][0-9]{0,5}(ms|s|m|h|d)$` (`30s`, `15m`, `7d`),
+/// so that every string the schema allows is a TTL the server takes. The schema
+/// attributes repeat it as a literal (they take no constants); the tests hold the two
+/// together.
+#[cfg(test)]
+pub const TTL_PATTERN: &str = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$";
+
+/// Parses a TTL written as [`TTL_PATTERN`] says; 422 naming `field` otherwise.
+pub fn ttl(field: &'static str, text: &str) -> Result<std::time::Duration, ApiError> {
+    let invalid = || ApiError::Validation {
+        field,
+        message: format!(
+            "{text:?} is not a duration: write a number of 1 to 6 digits and a unit, \
+             ms, s, m, h or d (e.g. 30s)"
+        ),
+    };
+    let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(digits);
+    if number.is_empty() || number.len() > 6 || number.starts_with('0') {
+        return Err(invalid());
+    }
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
+    };
+    Ok(std::time::Duration::from_millis(number * unit_ms))
+}
+
 /// A JSON request body: 415 without a JSON content type, 413 over the body limit,
 /// 400 when it does not parse into `T`.
 pub struct JsonBody<T>(pub T);
@@ -132,4 +165,35 @@ fn entity_tags(text: &str) -> Option<Vec<String>> {
         opaque.len() >= 2 && opaque.starts_with('"') && opaque.ends_with('"')
     });
     well_formed.then_some(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ttl_takes_a_number_and_a_unit_only() {
+        assert_eq!(ttl("t", "30s").unwrap(), std::time::Duration::from_secs(30));
+        assert_eq!(ttl("t", "250ms").unwrap(), std::time::Duration::from_millis(250));
+        assert_eq!(ttl("t", "999999d").unwrap(), std::time::Duration::from_secs(999_999 * 86_400));
+        for bad in
+            ["", "0s", "01s", "1", "s", "1.5s", "1sec", "1 s", " 1s", "+1s", "1000000s", "1S"]
+        {
+            assert!(ttl("t", bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    proptest! {
+        /// Whatever the documented pattern allows, the server takes (schemathesis relies
+        /// on it), and the largest is within the service's limit.
+        #[test]
+        fn every_ttl_the_pattern_allows_is_taken(
+            text in TTL_PATTERN.trim_start_matches('^').trim_end_matches('$')
+        ) {
+            let parsed = ttl("t", &text);
+            prop_assert!(parsed.is_ok(), "{:?} refused", text);
+            prop_assert!(crate::service::check_ttl("t", parsed.unwrap()).is_ok());
+        }
+    }
 }

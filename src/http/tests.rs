@@ -627,6 +627,7 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
         crate::model::Record {
             version: version(1),
             value: crate::model::Value::Live(b"{}".to_vec()),
+            expires_at: None,
         },
     );
     let bad = (
@@ -634,6 +635,7 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
         crate::model::Record {
             version: version(2),
             value: crate::model::Value::Live(b"{}".to_vec()),
+            expires_at: None,
         },
     );
     let batch = crate::wire::compress_batch(&[good.clone(), bad]);

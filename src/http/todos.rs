@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{if_match, JsonBody, PathParam, Query};
+use super::extract::{if_match, ttl, JsonBody, PathParam, Query};
 use super::problem::{ApiError, Problem};
 use super::{conditional_get, page_limit, rfc3339, with_etag, AppState, VersionBody};
 use crate::model::Timestamp;
@@ -26,6 +26,8 @@ pub struct TodoBody {
     pub created_at: String,
     /// RFC 3339
     pub updated_at: String,
+    /// RFC 3339: when the todo stops existing (on every node); null: never.
+    pub expires_at: Option<String>,
     pub version: VersionBody,
 }
 
@@ -38,6 +40,7 @@ impl From<&TodoView> for TodoBody {
             completed: view.todo.completed,
             created_at: rfc3339(Timestamp::from_raw(view.todo.created_at).millis()),
             updated_at: rfc3339(Timestamp::from_raw(view.todo.updated_at).millis()),
+            expires_at: view.expires_at.map(rfc3339),
             version: VersionBody::from(&view.version),
         }
     }
@@ -58,6 +61,10 @@ pub struct CreateTodo {
     pub todo: Option<String>,
     /// Absent or null: false.
     pub completed: Option<bool>,
+    /// Expire this long after the write (`30s`, `15m`, `2h`, `7d`; units ms, s, m, h,
+    /// d): from then on the todo is gone on every node. Absent or null: never.
+    #[schema(pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
+    pub expires_in: Option<String>,
 }
 
 /// `PUT`/`PATCH /todos/{id}` body: the fields to change (both methods take a partial
@@ -78,6 +85,18 @@ pub struct UpdateTodo {
     /// Refused with 422 unless null: the id is derived from it.
     #[schema(schema_with = super::null_only)]
     pub extern_id: Option<serde_json::Value>,
+    /// Expire this long after this update (`30s`, `15m`, `2h`, `7d`); **null: never
+    /// expire** (clears an expiry); absent: the expiry stays as it is.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
+    pub expires_in: Option<Option<String>>,
+}
+
+/// Tells a field sent as null (`Some(None)`) from an absent one (`None`, by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -124,7 +143,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let todo =
         body.todo.ok_or(ApiError::Validation { field: "todo", message: "is required".into() })?;
-    let new = NewTodo { extern_id: body.extern_id, todo, completed: body.completed };
+    let expires_in = body.expires_in.map(|text| ttl("expires_in", &text)).transpose()?;
+    let new = NewTodo { extern_id: body.extern_id, todo, completed: body.completed, expires_in };
     let view = state.services.todos.create(new).await?;
     let location = format!("/todos/{}", view.id);
     let mut response = (StatusCode::CREATED, Json(TodoBody::from(&view))).into_response();
@@ -249,7 +269,12 @@ async fn update(
         });
     }
     let condition = if_match(&headers)?;
-    let patch = TodoPatch { todo: body.todo, completed: body.completed };
+    let expires_in = match body.expires_in {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) => Some(Some(ttl("expires_in", &text)?)),
+    };
+    let patch = TodoPatch { todo: body.todo, completed: body.completed, expires_in };
     let view = state
         .services
         .todos

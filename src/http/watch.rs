@@ -110,7 +110,11 @@ fn render(event: &WatchEvent) -> (&'static str, String) {
             let value: Option<serde_json::Value> =
                 value.as_deref().and_then(|bytes| serde_json::from_slice(bytes).ok());
             let op = if value.is_some() { "put" } else { "delete" };
-            (op, json!({ "key": path, "op": op, "version": version, "value": value }))
+            let expires_at = value.as_ref().and(event.expires_at).map(super::rfc3339);
+            let data = json!({
+                "key": path, "op": op, "version": version, "value": value, "expires_at": expires_at
+            });
+            (op, data)
         }
     };
     (op, data.to_string())

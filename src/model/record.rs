@@ -9,16 +9,53 @@ pub enum Value {
     Tombstone,
 }
 
-/// One write of one key: its version and its value. Records replicate as a whole.
+/// One write of one key: its version, its value, and when it stops being readable.
+/// Records replicate as a whole.
+///
+/// **Expiry.** `expires_at` (ms since the epoch) is set by the writer (its HLC plus the
+/// TTL) and travels with the record, so every node reads the write as absent from the
+/// same instant on ([`Record::is_visible`]) without asking anyone. Once due, each node
+/// rewrites its copy to the *expired form* ([`Record::expired`]): the same version, the
+/// value dropped. Both forms hash alike in the Merkle tree (it covers key and version),
+/// and the expired form supersedes the live one of the same version, so replicas that
+/// rewrite at slightly different instants neither churn nor resurrect anything; the
+/// expired form is then purged like a tombstone, under the same rules.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Record {
     pub version: Version,
     pub value: Value,
+    pub expires_at: Option<u64>,
 }
 
 impl Record {
+    /// A record that never expires.
+    pub fn new(version: Version, value: Value) -> Record {
+        Record { version, value, expires_at: None }
+    }
+
+    /// Whether the stored form holds a value (an expired-but-not-yet-rewritten write
+    /// does; see [`Record::is_visible`] for what a reader may see).
     pub fn is_live(&self) -> bool {
         matches!(self.value, Value::Live(_))
+    }
+
+    /// Whether the expiry instant has come at `now_ms`.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Whether a reader at `now_ms` sees a value: live and not due.
+    pub fn is_visible(&self, now_ms: u64) -> bool {
+        self.is_live() && !self.is_due(now_ms)
+    }
+
+    /// The expired form of an expiring write: same version and expiry, no value. A
+    /// record without expiry is returned as it is.
+    pub fn expired(self) -> Record {
+        match self.expires_at {
+            Some(_) => Record { value: Value::Tombstone, ..self },
+            None => self,
+        }
     }
 
     pub fn live_bytes(&self) -> Option<&[u8]> {
@@ -31,20 +68,29 @@ impl Record {
     /// The one conflict rule: does `self` replace `current`?
     ///
     /// Versions decide (see [`Version`]'s order). Two records with equal versions are the
-    /// same write, unless a peer is buggy or forged one; then the value bytes decide
-    /// (a tombstone loses to any live value), so the order stays total and every replica
-    /// that saw the same writes keeps the same bytes.
+    /// same write, in its live or expired form (the expired form wins), or a peer is
+    /// buggy or forged one; then the form, the expiry and the value bytes decide (a
+    /// delete's tombstone loses to any live value), so the order stays total and every
+    /// replica that saw the same writes ends with the same bytes.
     pub fn supersedes(&self, current: &Record) -> bool {
         self.precedence(current) == Ordering::Greater
     }
 
     fn precedence(&self, other: &Record) -> Ordering {
-        self.version.cmp(&other.version).then_with(|| match (&self.value, &other.value) {
-            (Value::Tombstone, Value::Tombstone) => Ordering::Equal,
-            (Value::Tombstone, Value::Live(_)) => Ordering::Less,
-            (Value::Live(_), Value::Tombstone) => Ordering::Greater,
-            (Value::Live(a), Value::Live(b)) => a.cmp(b),
-        })
+        self.version
+            .cmp(&other.version)
+            .then_with(|| self.form().cmp(&other.form()))
+            .then_with(|| self.expires_at.cmp(&other.expires_at))
+            .then_with(|| self.live_bytes().cmp(&other.live_bytes()))
+    }
+
+    /// Ranks the forms one write can take: a delete's tombstone, a value, an expired value.
+    fn form(&self) -> u8 {
+        match (&self.value, self.expires_at) {
+            (Value::Tombstone, None) => 0,
+            (Value::Live(_), _) => 1,
+            (Value::Tombstone, Some(_)) => 2,
+        }
     }
 
     /// Merge of two records of one key: the winner. Commutative, associative, idempotent.
@@ -67,19 +113,32 @@ mod tests {
 
     /// Small domains so that ties on ts, age and uuid actually happen.
     fn arb_record() -> impl Strategy<Value = Record> {
-        (0u64..4, 0u64..3, 0u128..3, 0u128..2, prop::option::of(0u8..3)).prop_map(
-            |(ts, joined_at, uuid, node, value)| Record {
-                version: Version {
-                    ts: Timestamp::from_raw(ts),
-                    origin: Origin { node: NodeId(Uuid::from_u128(node)), joined_at },
-                    uuid: Uuid::from_u128(uuid),
-                },
-                value: match value {
-                    Some(byte) => Value::Live(vec![byte]),
-                    None => Value::Tombstone,
-                },
-            },
+        (
+            (0u64..4, 0u64..3, 0u128..3, 0u128..2),
+            prop::option::of(0u8..3),
+            prop::option::of(0u64..3),
+            any::<bool>(),
         )
+            .prop_map(|((ts, joined_at, uuid, node), value, expires_at, expired)| {
+                let record = Record {
+                    version: Version {
+                        ts: Timestamp::from_raw(ts),
+                        origin: Origin { node: NodeId(Uuid::from_u128(node)), joined_at },
+                        uuid: Uuid::from_u128(uuid),
+                    },
+                    value: match value {
+                        Some(byte) => Value::Live(vec![byte]),
+                        None => Value::Tombstone,
+                    },
+                    expires_at,
+                };
+                // Some writes reach a replica already in their expired form.
+                if expired {
+                    record.expired()
+                } else {
+                    record
+                }
+            })
     }
 
     /// A replica's state: key → record, fed writes one at a time through merge.
@@ -128,6 +187,41 @@ mod tests {
                 shuffled.swap(i, (state % (i as u64 + 1)) as usize);
             }
             prop_assert_eq!(replay(&writes), replay(&shuffled));
+        }
+
+        /// A replica that rewrote a due write to its expired form, at any point, ends
+        /// in the same state as one that saw the expired form only: rewriting commutes
+        /// with every merge.
+        #[test]
+        fn expiring_in_between_merges_changes_nothing(
+            writes in prop::collection::vec((0u8..4, arb_record()), 0..16),
+            at in 0usize..16,
+        ) {
+            let expire_all = |state: BTreeMap<u8, Record>| -> BTreeMap<u8, Record> {
+                state.into_iter().map(|(key, record)| (key, record.expired())).collect()
+            };
+            let at = at.min(writes.len());
+            let mut midway = expire_all(replay(&writes[..at]));
+            for (key, record) in &writes[at..] {
+                let merged = match midway.remove(key) {
+                    Some(current) => Record::merge(current, record.clone()),
+                    None => record.clone(),
+                };
+                midway.insert(*key, merged);
+            }
+            prop_assert_eq!(expire_all(midway), expire_all(replay(&writes)));
+        }
+
+        /// The expired form of a write wins over its live form, so a peer still
+        /// holding the live form can never bring the value back.
+        #[test]
+        fn the_expired_form_supersedes_the_live_one(a in arb_record()) {
+            let expired = a.clone().expired();
+            prop_assert!(!a.supersedes(&expired));
+            if a.expires_at.is_some() && a.is_live() {
+                prop_assert!(expired.supersedes(&a));
+                prop_assert!(!expired.is_visible(0));
+            }
         }
 
         #[test]

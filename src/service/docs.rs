@@ -1,4 +1,6 @@
-use super::{live, IfMatch, ServiceError, Writer};
+use std::time::Duration;
+
+use super::{check_ttl, IfMatch, ServiceError, Writer};
 use crate::model::todo::FieldError;
 use crate::model::{Key, Record, Value, Version};
 
@@ -10,11 +12,21 @@ pub const RESERVED_PREFIX: &str = "_kvs/";
 /// write, so every node learns it within the push latency).
 pub const REVOKED_PREFIX: &str = "_kvs/revoked/";
 
-/// A document path with its current version (what a listing shows).
+/// A document path with its current version and expiry (what a listing shows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocEntry {
     pub path: String,
     pub version: Version,
+    pub expires_at: Option<u64>,
+}
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub json: Vec<u8>,
+    pub version: Version,
+    /// When it stops being readable (ms since the epoch), if ever.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,18 +53,23 @@ impl DocService {
         DocService { writer }
     }
 
-    /// Stores `json` (already checked to be JSON) at `path`. Returns whether the
-    /// document was created (no live document was there) and its new version.
+    /// Stores `json` (already checked to be JSON) at `path`, to expire after `ttl` if
+    /// one is given (a put without one never expires). Returns whether the document was
+    /// created (no live document was there) and what is stored now.
     pub async fn put(
         &self,
         path: &str,
         json: Vec<u8>,
+        ttl: Option<Duration>,
         if_match: Option<&IfMatch>,
-    ) -> Result<(bool, Version), ServiceError> {
+    ) -> Result<(bool, Doc), ServiceError> {
         let key = doc_key(path)?;
+        if let Some(ttl) = ttl {
+            check_ttl("ttl", ttl)?;
+        }
         let mut created = false;
         let applied = self.writer.store.apply_with(&key, |stored| {
-            let current = stored.filter(|r| r.is_live());
+            let current = self.writer.visible(stored);
             if let Some(condition) = if_match {
                 match current {
                     Some(record) if condition.allows(&record.version) => {}
@@ -60,34 +77,31 @@ impl DocService {
                 }
             }
             created = current.is_none();
-            Ok(Record { version: self.writer.next_version(stored)?, value: Value::Live(json) })
+            let version = self.writer.next_version(stored)?;
+            let expires_at = ttl.map(|ttl| Writer::expiry(&version, ttl));
+            Ok(Record { version, value: Value::Live(json), expires_at })
         })?;
         self.writer.commit(&key, &applied).await?;
-        Ok((created, applied.record.version))
+        let record = applied.record;
+        let json = record.live_bytes().unwrap_or_default().to_vec();
+        Ok((created, Doc { json, version: record.version, expires_at: record.expires_at }))
     }
 
-    pub fn get(&self, path: &str) -> Result<Option<(Vec<u8>, Version)>, ServiceError> {
-        let record = live(self.writer.store.get(&doc_key(path)?)?);
-        Ok(record.map(|record| {
-            let version = record.version;
-            match record.value {
-                Value::Live(bytes) => (bytes, version),
-                Value::Tombstone => unreachable!("filtered to live records"),
-            }
-        }))
+    pub fn get(&self, path: &str) -> Result<Option<Doc>, ServiceError> {
+        let record = self.writer.store.get(&doc_key(path)?)?;
+        let Some(record) = self.writer.visible(record.as_ref()) else { return Ok(None) };
+        let json = record.live_bytes().unwrap_or_default().to_vec();
+        Ok(Some(Doc { json, version: record.version, expires_at: record.expires_at }))
     }
 
     pub async fn delete(&self, path: &str, if_match: Option<&IfMatch>) -> Result<(), ServiceError> {
         let key = doc_key(path)?;
         let applied = self.writer.store.apply_with(&key, |current| {
-            let current = current.filter(|r| r.is_live()).ok_or(ServiceError::NotFound)?;
-            if if_match.is_some_and(|condition| !condition.allows(&current.version)) {
+            let visible = self.writer.visible(current).ok_or(ServiceError::NotFound)?;
+            if if_match.is_some_and(|condition| !condition.allows(&visible.version)) {
                 return Err(ServiceError::PreconditionFailed);
             }
-            Ok(Record {
-                version: self.writer.next_version(Some(current))?,
-                value: Value::Tombstone,
-            })
+            Ok(Record::new(self.writer.next_version(current)?, Value::Tombstone))
         })?;
         self.writer.commit(&key, &applied).await
     }
@@ -102,12 +116,17 @@ impl DocService {
         let mut page = DocPage::default();
         for path in self.writer.store.doc_paths(prefix, after) {
             let path = path?;
-            let Some(record) = live(self.writer.store.get(&doc_key(&path)?)?) else { continue };
+            let record = self.writer.store.get(&doc_key(&path)?)?;
+            let Some(record) = self.writer.visible(record.as_ref()) else { continue };
             if page.entries.len() == limit {
                 page.next = page.entries.last().map(|entry| entry.path.clone());
                 break;
             }
-            page.entries.push(DocEntry { path, version: record.version });
+            page.entries.push(DocEntry {
+                path,
+                version: record.version,
+                expires_at: record.expires_at,
+            });
         }
         Ok(page)
     }

@@ -150,6 +150,23 @@ impl Writer {
         Ok(Version { ts, origin: self.origin, uuid: Uuid::new_v4() })
     }
 
+    /// Our physical clock (ms): what expiry instants are compared with.
+    fn now_ms(&self) -> u64 {
+        self.clock.physical_ms()
+    }
+
+    /// The expiry of a write stamped `version` that lives `ttl` (saturating).
+    fn expiry(version: &Version, ttl: std::time::Duration) -> u64 {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        version.ts.millis().saturating_add(ttl_ms)
+    }
+
+    /// `record` if a reader sees a value in it now (not a tombstone, not expired).
+    fn visible<'a>(&self, record: Option<&'a Record>) -> Option<&'a Record> {
+        let now = self.now_ms();
+        record.filter(|record| record.is_visible(now))
+    }
+
     /// Waits until the write is durable, then hands it to the pusher.
     async fn commit(&self, key: &Key, applied: &Applied) -> Result<(), ServiceError> {
         self.store.wait_durable(applied.seq).await?;
@@ -160,9 +177,19 @@ impl Writer {
     }
 }
 
-/// A record's live value, or `None` for a tombstone or a missing record.
-fn live(record: Option<Record>) -> Option<Record> {
-    record.filter(Record::is_live)
+/// The longest TTL a write may ask for: 999,999 days (so every expiry is a date RFC 3339
+/// can write).
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(999_999 * 86_400);
+
+/// Checks a requested TTL: more than zero, at most [`MAX_TTL`].
+pub fn check_ttl(field: &'static str, ttl: std::time::Duration) -> Result<(), FieldError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(FieldError {
+            field,
+            message: format!("must be more than 0 and at most 999999d, got {ttl:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// What a node says about its data.

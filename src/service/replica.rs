@@ -132,6 +132,13 @@ impl ReplicaService {
         Ok(self.store.purge_tombstones(self.tombstone_cutoff(), limit)?)
     }
 
+    /// Rewrites records whose expiry has come to their expired form (at most `limit`);
+    /// returns how many. Blocking. Needs no contact with anyone: the expiry instant is
+    /// in the record, and the rewrite keeps the Merkle tree as it is.
+    pub fn expire_due(&self, limit: usize) -> Result<usize, ServiceError> {
+        Ok(self.store.expire_due(self.now_ms(), limit)?)
+    }
+
     /// Notes a completed sync round with a peer (see [`SyncState`]).
     /// A peer called us: from now on we purge only while in contact.
     pub fn note_peer(&self) -> Result<(), ServiceError> {
@@ -288,7 +295,10 @@ impl ReplicaService {
             self.store.raise_purge_horizon(cutoff.millis())?;
         }
         let horizon = Timestamp::from_parts(self.store.purge_horizon()?, 0);
+        let now_ms = self.now_ms();
         for (key, record) in records {
+            // A write that is already due arrives as what it now is: its expired form.
+            let record = if record.is_due(now_ms) { record.expired() } else { record };
             if let Observation::Refused { .. } = self.clock.observe(record.version.ts) {
                 report.future += 1;
                 continue;
@@ -435,6 +445,7 @@ mod tests {
                 uuid: uuid::Uuid::from_u128(ms.into()),
             },
             value: Value::Tombstone,
+            expires_at: None,
         }
     }
 

@@ -1,6 +1,8 @@
+use std::time::Duration;
+
 use uuid::Uuid;
 
-use super::{live, IfMatch, ServiceError, Writer};
+use super::{check_ttl, IfMatch, ServiceError, Writer};
 use crate::model::todo::{self, StoredTodo};
 use crate::model::{Key, Record, Value, Version};
 use crate::store::TodoCursor;
@@ -11,6 +13,8 @@ pub struct NewTodo {
     pub extern_id: Option<String>,
     pub todo: String,
     pub completed: Option<bool>,
+    /// Expire this long after the write; `None`: never.
+    pub expires_in: Option<Duration>,
 }
 
 /// A partial update; absent fields stay as they are.
@@ -18,14 +22,19 @@ pub struct NewTodo {
 pub struct TodoPatch {
     pub todo: Option<String>,
     pub completed: Option<bool>,
+    /// `None`: the expiry stays; `Some(None)`: the todo no longer expires;
+    /// `Some(Some(ttl))`: it expires `ttl` after this write.
+    pub expires_in: Option<Option<Duration>>,
 }
 
-/// A live todo with its id and version.
+/// A live todo with its id, version and expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TodoView {
     pub id: Uuid,
     pub todo: StoredTodo,
     pub version: Version,
+    /// When it stops being readable (ms since the epoch), if ever.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,9 +69,12 @@ impl TodoService {
         todo::validate_text(&new.todo)?;
         let extern_id = new.extern_id.unwrap_or_else(|| Uuid::new_v4().to_string());
         todo::validate_extern_id(&extern_id)?;
+        if let Some(ttl) = new.expires_in {
+            check_ttl("expires_in", ttl)?;
+        }
         let id = todo::todo_id(&extern_id);
         let applied = self.writer.store.apply_with(&Key::Todo(id), |current| {
-            if current.is_some_and(Record::is_live) {
+            if self.writer.visible(current).is_some() {
                 return Err(ServiceError::Conflict(format!(
                     "a todo with extern_id {extern_id:?} already exists (id {id})"
                 )));
@@ -76,7 +88,8 @@ impl TodoService {
                 created_at: now,
                 updated_at: now,
             };
-            Ok(Record { version, value: Value::Live(stored.encode()) })
+            let expires_at = new.expires_in.map(|ttl| Writer::expiry(&version, ttl));
+            Ok(Record { version, value: Value::Live(stored.encode()), expires_at })
         })?;
         self.writer.commit(&Key::Todo(id), &applied).await?;
         view(id, applied.record).ok_or(ServiceError::NotFound)
@@ -84,7 +97,7 @@ impl TodoService {
 
     pub fn get(&self, id: Uuid) -> Result<Option<TodoView>, ServiceError> {
         let record = self.writer.store.get(&Key::Todo(id))?;
-        Ok(live(record).and_then(|record| view(id, record)))
+        Ok(self.writer.visible(record.as_ref()).and_then(|record| view(id, record.clone())))
     }
 
     /// One page of live todos, newest first.
@@ -98,6 +111,9 @@ impl TodoService {
         let mut last_cursor = None;
         for entry in self.writer.store.todos_newest_first(query.after) {
             let (cursor, id, record) = entry?;
+            if self.writer.visible(Some(&record)).is_none() {
+                continue;
+            }
             let Some(view) = view(id, record) else { continue };
             if !matches(&view) {
                 continue;
@@ -122,8 +138,11 @@ impl TodoService {
         if let Some(text) = &patch.todo {
             todo::validate_text(text)?;
         }
+        if let Some(Some(ttl)) = patch.expires_in {
+            check_ttl("expires_in", ttl)?;
+        }
         let applied = self.writer.store.apply_with(&Key::Todo(id), |current| {
-            let (current, mut stored) = current_todo(id, current, if_match)?;
+            let (current, mut stored) = current_todo(id, self.writer.visible(current), if_match)?;
             let version = self.writer.next_version(Some(current))?;
             debug_assert!(version > current.version);
             if let Some(text) = patch.todo {
@@ -133,7 +152,11 @@ impl TodoService {
                 stored.completed = completed;
             }
             stored.updated_at = version.ts.raw();
-            Ok(Record { version, value: Value::Live(stored.encode()) })
+            let expires_at = match patch.expires_in {
+                None => current.expires_at,
+                Some(ttl) => ttl.map(|ttl| Writer::expiry(&version, ttl)),
+            };
+            Ok(Record { version, value: Value::Live(stored.encode()), expires_at })
         })?;
         self.writer.commit(&Key::Todo(id), &applied).await?;
         view(id, applied.record).ok_or(ServiceError::NotFound)
@@ -142,23 +165,20 @@ impl TodoService {
     /// Deletes a todo by writing a tombstone.
     pub async fn delete(&self, id: Uuid, if_match: Option<&IfMatch>) -> Result<(), ServiceError> {
         let applied = self.writer.store.apply_with(&Key::Todo(id), |current| {
-            let (current, _) = current_todo(id, current, if_match)?;
-            Ok(Record {
-                version: self.writer.next_version(Some(current))?,
-                value: Value::Tombstone,
-            })
+            let (visible, _) = current_todo(id, self.writer.visible(current), if_match)?;
+            Ok(Record::new(self.writer.next_version(Some(visible))?, Value::Tombstone))
         })?;
         self.writer.commit(&Key::Todo(id), &applied).await
     }
 }
 
-/// The live todo a modification applies to, after its precondition.
+/// The visible todo a modification applies to, after its precondition.
 fn current_todo<'a>(
     id: Uuid,
-    current: Option<&'a Record>,
+    visible: Option<&'a Record>,
     if_match: Option<&IfMatch>,
 ) -> Result<(&'a Record, StoredTodo), ServiceError> {
-    let current = current.filter(|r| r.is_live()).ok_or(ServiceError::NotFound)?;
+    let current = visible.ok_or(ServiceError::NotFound)?;
     if if_match.is_some_and(|condition| !condition.allows(&current.version)) {
         return Err(ServiceError::PreconditionFailed);
     }
@@ -175,5 +195,5 @@ fn current_todo<'a>(
 
 pub(super) fn view(id: Uuid, record: Record) -> Option<TodoView> {
     let todo = StoredTodo::decode(record.live_bytes()?).ok()?;
-    Some(TodoView { id, todo, version: record.version })
+    Some(TodoView { id, todo, version: record.version, expires_at: record.expires_at })
 }

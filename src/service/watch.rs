@@ -23,6 +23,8 @@ pub enum Scope {
 pub struct WatchEvent {
     pub id: u64,
     pub version: Version,
+    /// When the written value expires (ms since the epoch), if ever.
+    pub expires_at: Option<u64>,
     pub item: Item,
 }
 
@@ -201,5 +203,6 @@ pub fn event(change: &Change) -> WatchEvent {
             Item::Doc { path: path.clone(), value: change.record.live_bytes().map(<[u8]>::to_vec) }
         }
     };
-    WatchEvent { id: change.id, version: change.record.version, item }
+    let record = &change.record;
+    WatchEvent { id: change.id, version: record.version, expires_at: record.expires_at, item }
 }

@@ -3,7 +3,9 @@
 //!
 //! - `todo_order`: `created_at (HLC, 8 BE) ‖ todo id (16)` for live todos;
 //! - `doc_names`: the path of live documents;
-//! - `tombstones`: `ts (8 BE) ‖ key` for tombstones, oldest first (for the purge).
+//! - `tombstones`: `ts (8 BE) ‖ key` for tombstones, oldest first (for the purge);
+//! - `expiries`: `expires_at (8 BE) ‖ key` for live records that expire, soonest first
+//!   (for the pass that rewrites them to their expired form).
 //!
 //! Written without a transaction (see the store's module doc): new entries before the
 //! record, old entries after it; readers check entries against the record.
@@ -19,6 +21,7 @@ pub(super) struct Indexes {
     pub(super) todo_order: sled::Tree,
     pub(super) doc_names: sled::Tree,
     pub(super) tombstones: sled::Tree,
+    pub(super) expiries: sled::Tree,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,7 @@ enum Index {
     TodoOrder,
     DocNames,
     Tombstones,
+    Expiries,
 }
 
 type Entry = (Index, Vec<u8>);
@@ -45,27 +49,37 @@ fn entries(
     record: &Record,
     strict: bool,
 ) -> Result<Vec<Entry>, StoreError> {
-    let Some(bytes) = record.live_bytes() else {
-        let mut entry = record.version.ts.raw().to_be_bytes().to_vec();
+    let prefixed = |index, prefix: u64| {
+        let mut entry = prefix.to_be_bytes().to_vec();
         entry.extend_from_slice(key_bytes);
-        return Ok(vec![(Index::Tombstones, entry)]);
+        (index, entry)
     };
-    match key {
+    let Some(bytes) = record.live_bytes() else {
+        return Ok(vec![prefixed(Index::Tombstones, record.version.ts.raw())]);
+    };
+    let mut found = match key {
         Key::Todo(id) => match StoredTodo::decode(bytes) {
             Ok(todo) => {
                 let mut entry = todo.created_at.to_be_bytes().to_vec();
                 entry.extend_from_slice(id.as_bytes());
-                Ok(vec![(Index::TodoOrder, entry)])
+                vec![(Index::TodoOrder, entry)]
             }
-            Err(reason) if strict => Err(StoreError::InvalidTodo { key: key.to_string(), reason }),
-            Err(_) => Ok(Vec::new()),
+            Err(reason) if strict => {
+                return Err(StoreError::InvalidTodo { key: key.to_string(), reason })
+            }
+            Err(_) => Vec::new(),
         },
-        Key::Doc(path) => Ok(vec![(Index::DocNames, path.as_bytes().to_vec())]),
+        Key::Doc(path) => vec![(Index::DocNames, path.as_bytes().to_vec())],
+    };
+    if let Some(at) = record.expires_at {
+        found.push(prefixed(Index::Expiries, at));
     }
+    Ok(found)
 }
 
-/// A tombstone-index entry: its timestamp and the record key it names.
-pub(super) fn parse_tombstone_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
+/// A tombstone- or expiry-index entry: its timestamp (ms for expiries) and the record
+/// key it names.
+pub(super) fn parse_prefixed_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
     let (ts, key) = entry.split_at_checked(8)?;
     Some((u64::from_be_bytes(ts.try_into().ok()?), key))
 }
@@ -100,6 +114,7 @@ impl Indexes {
             todo_order: db.open_tree("todo_order")?,
             doc_names: db.open_tree("doc_names")?,
             tombstones: db.open_tree("tombstones")?,
+            expiries: db.open_tree("expiries")?,
         })
     }
 
@@ -108,6 +123,7 @@ impl Indexes {
             Index::TodoOrder => &self.todo_order,
             Index::DocNames => &self.doc_names,
             Index::Tombstones => &self.tombstones,
+            Index::Expiries => &self.expiries,
         }
     }
 

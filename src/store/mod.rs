@@ -690,7 +690,7 @@ impl Store {
         }
         // A live record removed outright is a delete to watchers (a purged tombstone
         // changes nothing they can see).
-        let removed = Record { version: current.version, value: Value::Tombstone };
+        let removed = Record::new(current.version, Value::Tombstone);
         let change = match current.is_live() {
             true => match inner.log_change(&engine, &mut state, key, &key_bytes, &removed) {
                 Ok(change) => Some(change),
@@ -741,7 +741,7 @@ impl Store {
         }
         let mut purged = 0;
         for entry in expired {
-            let parsed = index::parse_tombstone_entry(&entry)
+            let parsed = index::parse_prefixed_entry(&entry)
                 .and_then(|(ts, key_bytes)| Some((ts, Key::from_bytes(key_bytes).ok()?)));
             let Some((ts, key)) = parsed else {
                 engine.indexes.tombstones.remove(&entry)?;
@@ -762,6 +762,41 @@ impl Store {
             }
         }
         Ok(purged)
+    }
+
+    /// Rewrites live records whose expiry is at or before `now_ms` to their expired form
+    /// ([`Record::expired`]), at most `limit` of them, through [`Store::apply`]: the
+    /// Merkle tree does not move (same key and version), watchers see a delete, and the
+    /// expired form is purged later like a tombstone. Returns how many were rewritten.
+    pub fn expire_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let engine = self.inner.engine()?;
+        let end = now_ms.saturating_add(1).to_be_bytes().to_vec();
+        let due: Vec<sled::IVec> =
+            engine.indexes.expiries.range(..end).keys().take(limit).collect::<Result<_, _>>()?;
+        let mut expired = 0;
+        for entry in due {
+            let parsed = index::parse_prefixed_entry(&entry)
+                .and_then(|(at, key_bytes)| Some((at, Key::from_bytes(key_bytes).ok()?)));
+            let current = match &parsed {
+                Some((_, key)) => self.get(key)?,
+                None => None,
+            };
+            match (parsed, current) {
+                (Some((at, key)), Some(record))
+                    if record.is_live() && record.expires_at == Some(at) =>
+                {
+                    // The apply drops the index entry with the live form.
+                    if self.apply(&key, record.expired())?.changed {
+                        expired += 1;
+                    }
+                }
+                // Rewritten or deleted since, or not ours to read: the entry is stale.
+                _ => {
+                    engine.indexes.expiries.remove(&entry)?;
+                }
+            }
+        }
+        Ok(expired)
     }
 
     /// Resolves once the apply numbered `seq` (and every one before it) is on disk.

@@ -136,7 +136,7 @@ pub(super) fn scan(
         let Some((segment, key_bytes)) = split_stored_key(&stored_key) else {
             return Err(StoreError::CorruptKey { key: key_text(&stored_key) });
         };
-        let (version, live) = codec::peek_record(&bytes)
+        let codec::Header { version, live, .. } = codec::peek_record(&bytes)
             .map_err(|source| StoreError::Corrupt { key: key_text(key_bytes), source })?;
         if merkle_upkeep {
             merkle.toggle(segment, &merkle::entry_hash(key_bytes, version));

@@ -13,6 +13,7 @@ fn record(ts: u64, joined_at: u64, uuid: u128, value: Option<&[u8]>) -> Record {
             uuid: Uuid::from_u128(uuid),
         },
         value: value.map_or(Value::Tombstone, |v| Value::Live(v.to_vec())),
+        expires_at: None,
     }
 }
 
@@ -246,6 +247,46 @@ fn a_leaf_lists_exactly_its_records_and_children_xor_to_the_parent() {
     assert!(store.merkle_descendants(1, 0, merkle::DEPTH).is_none());
     assert!(store.merkle_descendants(0, 0, 0).is_none());
     assert!(store.merkle_descendants(1, 16, 1).is_none());
+}
+
+#[tokio::test]
+async fn due_records_are_rewritten_expired_without_moving_the_tree_then_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let expiring =
+        |ts, at, value: &[u8]| Record { expires_at: Some(at), ..record(ts, 1, 1, Some(value)) };
+    store.apply(&doc("soon"), expiring(10, 1_000, b"1")).unwrap();
+    store.apply(&doc("later"), expiring(11, 5_000, b"2")).unwrap();
+    store.apply(&doc("never"), record(12, 1, 1, Some(b"3"))).unwrap();
+    // Written again without expiry: its old expiry entry is stale, the value must stay.
+    store.apply(&doc("renewed"), expiring(13, 900, b"4")).unwrap();
+    let renewed = store.apply(&doc("renewed"), record(14, 1, 1, Some(b"5"))).unwrap();
+    store.wait_durable(renewed.seq).await.unwrap();
+    let root = store.merkle_root();
+    let last = store.last_change();
+
+    assert_eq!(store.expire_due(999, 100).unwrap(), 0);
+    assert_eq!(store.expire_due(1_000, 100).unwrap(), 1);
+    let soon = store.get(&doc("soon")).unwrap().unwrap();
+    assert_eq!((soon.is_live(), soon.expires_at), (false, Some(1_000)));
+    assert!(store.get(&doc("later")).unwrap().unwrap().is_live());
+    assert_eq!(store.get(&doc("renewed")).unwrap().unwrap().live_bytes(), Some(&b"5"[..]));
+    assert_eq!(store.merkle_root(), root, "the expired form hashes like the live one");
+    assert_eq!(store.counts().docs, 3);
+    let engine = store.inner.engine().unwrap();
+    assert_eq!(engine.indexes.expiries.len(), 1, "only `later` is still to expire");
+    // Watchers see the expiry as a delete (once it is durable, like every change).
+    store.wait_durable(store.inner.committer.last_applied()).await.unwrap();
+    let changes = store.changes_after(last, usize::MAX).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].key.clone(), changes[0].record.is_live()), (doc("soon"), false));
+    // A peer still holding the live form cannot bring the value back.
+    assert!(!store.apply(&doc("soon"), expiring(10, 1_000, b"1")).unwrap().changed);
+    // The expired form goes with the tombstones, by its write's timestamp.
+    assert_eq!(store.purge_tombstones(Timestamp::from_raw(11), 100).unwrap(), 1);
+    assert_eq!(store.get(&doc("soon")).unwrap(), None);
+    assert_eq!(store.expire_due(u64::MAX, 100).unwrap(), 1);
+    assert_eq!(engine.indexes.expiries.len(), 0);
 }
 
 #[test]

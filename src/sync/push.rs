@@ -177,7 +177,10 @@ mod tests {
             origin: Origin { node: NodeId(uuid::Uuid::from_u128(1)), joined_at: 1 },
             uuid: uuid::Uuid::from_u128(n.into()),
         };
-        (Key::doc(&format!("k{n}")).unwrap(), Record { version, value: Value::Live(b"1".to_vec()) })
+        (
+            Key::doc(&format!("k{n}")).unwrap(),
+            Record { version, value: Value::Live(b"1".to_vec()), expires_at: None },
+        )
     }
 
     /// A peer that holds each push until released, counting requests and records.

@@ -90,6 +90,7 @@ mod tests {
                 uuid: uuid::Uuid::from_u128(uuid),
             },
             value: if live { Value::Live(b"{}".to_vec()) } else { Value::Tombstone },
+            expires_at: None,
         }
     }
 

@@ -48,6 +48,7 @@ fn record_at(millis: u64, value: &[u8]) -> Record {
             uuid: uuid::Uuid::from_u128(0xbad),
         },
         value: Value::Live(value.to_vec()),
+        expires_at: None,
     }
 }
 

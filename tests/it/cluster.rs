@@ -237,7 +237,7 @@ async fn a_late_joiner_bootstraps_over_10000_records_before_it_is_ready() {
     let a = start(vec![], None).await;
     let docs = &a.node.services().docs;
     for n in 0..10_500 {
-        docs.put(&format!("bulk/{n:05}"), format!("{{\"n\":{n}}}").into_bytes(), None)
+        docs.put(&format!("bulk/{n:05}"), format!("{{\"n\":{n}}}").into_bytes(), None, None)
             .await
             .unwrap();
     }

@@ -361,7 +361,7 @@ impl Sim {
             up.services.docs.delete(&key, None).await.map(|()| None)
         } else {
             let body = format!("{{\"by\":{n},\"at\":{}}}", self.now).into_bytes();
-            up.services.docs.put(&key, body, None).await.map(|(_, version)| Some(version))
+            up.services.docs.put(&key, body, None, None).await.map(|(_, doc)| Some(doc.version))
         };
         let acked = match outcome {
             Ok(Some(version)) => Some(Ack { version, live: true }),
@@ -430,6 +430,7 @@ impl Sim {
                 uuid: uuid::Uuid::from_u128(9),
             },
             value: Value::Live(b"1".to_vec()),
+            expires_at: None,
         });
         record.version.ts = Timestamp::from_raw(u64::MAX - self.rng.random_range(0..1u64 << 40));
         let batch = wire::compress_batch(&[(key.clone(), record)]);
@@ -635,12 +636,13 @@ impl Sim {
     async fn check_clocks(&self) -> Result<(), String> {
         for (n, node) in self.nodes.iter().enumerate() {
             let up = node.up.as_ref().unwrap();
-            let (_, version) = up
+            let (_, doc) = up
                 .services
                 .docs
-                .put(&format!("probe/{n}"), b"1".to_vec(), None)
+                .put(&format!("probe/{n}"), b"1".to_vec(), None, None)
                 .await
                 .map_err(|e| e.to_string())?;
+            let version = doc.version;
             if version.ts.millis() > node.clock.now_ms() + MAX_SKEW_MS {
                 return Err(format!("node {n}'s clock was dragged to {}", version.ts));
             }
