@@ -95,6 +95,9 @@ pub enum TodoCommand {
         /// Your own id for it (fixes the todo's id on every node)
         #[arg(long)]
         extern_id: Option<String>,
+        /// Delete it on every node this long from now (30s, 15m, 2h, 7d)
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
     },
     /// List todos, newest first
     Ls {
@@ -121,6 +124,15 @@ pub enum TodoCommand {
     },
     /// Change a todo's text
     Edit { id: String, text: String },
+    /// Make a todo expire this long from now (30s, 15m, 2h, 7d), or never again
+    Expire {
+        id: String,
+        #[arg(required_unless_present = "never", value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Remove the expiry
+        #[arg(long, conflicts_with = "expires_in")]
+        never: bool,
+    },
     /// Delete a todo
     Rm { id: String },
 }
@@ -130,7 +142,14 @@ pub enum KvCommand {
     /// Print a document
     Get { key: String },
     /// Store a JSON document (`-` reads it from stdin)
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Delete it on every node this long from now (30s, 15m, 2h, 7d); without it,
+        /// the document never expires
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
     /// Delete a document
     Rm { key: String },
     /// List keys in order

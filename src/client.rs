@@ -49,6 +49,7 @@ pub enum Request {
     TodoAdd {
         text: String,
         extern_id: Option<String>,
+        expires_in: Option<String>,
     },
     TodoList {
         completed: Option<bool>,
@@ -65,6 +66,11 @@ pub enum Request {
         id: String,
         text: String,
     },
+    /// Sets (`Some`) or clears (`None`) a todo's expiry.
+    TodoExpire {
+        id: String,
+        expires_in: Option<String>,
+    },
     TodoRemove {
         id: String,
     },
@@ -74,6 +80,7 @@ pub enum Request {
     KvPut {
         key: String,
         json: String,
+        ttl: Option<String>,
     },
     KvRemove {
         key: String,
@@ -100,10 +107,13 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
     let client = Client::new(target)?;
     let json = target.json;
     match request {
-        Request::TodoAdd { text, extern_id } => {
+        Request::TodoAdd { text, extern_id, expires_in } => {
             let mut body = json!({ "todo": text });
             if let Some(extern_id) = extern_id {
                 body["extern_id"] = json!(extern_id);
+            }
+            if let Some(expires_in) = expires_in {
+                body["expires_in"] = json!(expires_in);
             }
             let todo = client.call(Method::POST, "/todos", Some(body)).await?;
             Ok(if json { pretty(&todo) } else { todo_table(&[todo]) })
@@ -139,6 +149,12 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
             let todo = client.call(Method::PATCH, &path, Some(json!({ "todo": text }))).await?;
             Ok(if json { pretty(&todo) } else { todo_table(&[todo]) })
         }
+        Request::TodoExpire { id, expires_in } => {
+            let path = format!("/todos/{}", segment(&id));
+            let body = json!({ "expires_in": expires_in });
+            let todo = client.call(Method::PATCH, &path, Some(body)).await?;
+            Ok(if json { pretty(&todo) } else { todo_table(&[todo]) })
+        }
         Request::TodoRemove { id } => {
             client.call(Method::DELETE, &format!("/todos/{}", segment(&id)), None).await?;
             Ok(if json { pretty(&json!({ "deleted": id })) } else { format!("deleted {id}") })
@@ -147,15 +163,19 @@ pub async fn run(target: &Target, request: Request) -> Result<String, ClientErro
             let document = client.call(Method::GET, &format!("/kv/{}", path(&key)), None).await?;
             Ok(pretty(&document))
         }
-        Request::KvPut { key, json: text } => {
+        Request::KvPut { key, json: text, ttl } => {
             let document: Value = serde_json::from_str(&text)
                 .map_err(|error| ClientError::Usage(format!("the value is not JSON: {error}")))?;
-            let put =
-                client.call(Method::PUT, &format!("/kv/{}", path(&key)), Some(document)).await?;
-            Ok(if json {
-                pretty(&put)
-            } else {
-                format!("stored {key} (version {})", put["version"]["ts"].as_str().unwrap_or("?"))
+            let mut url = format!("/kv/{}", path(&key));
+            if let Some(ttl) = ttl {
+                url.push_str(&format!("?ttl={}", path(&ttl)));
+            }
+            let put = client.call(Method::PUT, &url, Some(document)).await?;
+            let version = put["version"]["ts"].as_str().unwrap_or("?");
+            Ok(match (json, put["expires_at"].as_str()) {
+                (true, _) => pretty(&put),
+                (false, Some(at)) => format!("stored {key} (version {version}, expires {at})"),
+                (false, None) => format!("stored {key} (version {version})"),
             })
         }
         Request::KvRemove { key } => {
@@ -567,15 +587,30 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// The todos as a table; an EXPIRES column when any of them expires.
 fn todo_table(todos: &[Value]) -> String {
+    let expiring = todos.iter().any(|todo| todo["expires_at"].is_string());
     let rows: Vec<Vec<String>> = todos
         .iter()
         .map(|todo| {
             let done = if todo["completed"] == true { "x" } else { " " };
-            vec![text(&todo["id"]), done.to_owned(), text(&todo["todo"]), text(&todo["updated_at"])]
+            let mut row = vec![
+                text(&todo["id"]),
+                done.to_owned(),
+                text(&todo["todo"]),
+                text(&todo["updated_at"]),
+            ];
+            if expiring {
+                row.push(text(&todo["expires_at"]));
+            }
+            row
         })
         .collect();
-    table(&["ID", "DONE", "TODO", "UPDATED"], &rows)
+    let header: &[&str] = match expiring {
+        true => &["ID", "DONE", "TODO", "UPDATED", "EXPIRES"],
+        false => &["ID", "DONE", "TODO", "UPDATED"],
+    };
+    table(header, &rows)
 }
 
 /// Left-aligned columns separated by two spaces, a header first; control characters

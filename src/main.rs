@@ -28,12 +28,17 @@ fn main() -> ExitCode {
         Some(Command::Token(command)) => token(command),
         Some(Command::Todo { client, command }) => {
             let request = match command {
-                TodoCommand::Add { text, extern_id } => Request::TodoAdd { text, extern_id },
+                TodoCommand::Add { text, extern_id, expires_in } => {
+                    Request::TodoAdd { text, extern_id, expires_in }
+                }
                 TodoCommand::Ls { completed, limit } => Request::TodoList { completed, limit },
                 TodoCommand::Get { id } => Request::TodoGet { id },
                 TodoCommand::Watch { after } => Request::Watch { prefix: None, after },
                 TodoCommand::Done { id, undo } => Request::TodoDone { id, done: !undo },
                 TodoCommand::Edit { id, text } => Request::TodoEdit { id, text },
+                TodoCommand::Expire { id, expires_in, never: _ } => {
+                    Request::TodoExpire { id, expires_in }
+                }
                 TodoCommand::Rm { id } => Request::TodoRemove { id },
             };
             call(&client, request)
@@ -41,8 +46,8 @@ fn main() -> ExitCode {
         Some(Command::Kv { client, command }) => {
             let request = match command {
                 KvCommand::Get { key } => Request::KvGet { key },
-                KvCommand::Put { key, value } => match read_value(value) {
-                    Ok(json) => Request::KvPut { key, json },
+                KvCommand::Put { key, value, ttl } => match read_value(value) {
+                    Ok(json) => Request::KvPut { key, json, ttl },
                     Err(error) => {
                         eprintln!("kvs: cannot read the value from stdin: {error}");
                         return ExitCode::from(2);

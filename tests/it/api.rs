@@ -141,3 +141,64 @@ async fn restart_keeps_data_and_identity() {
     assert_eq!(updated["todo"], json!("after restart"));
     again.shutdown().await.unwrap();
 }
+
+/// A todo's expiry: set on create, shown in the body, extended by an update that names
+/// one, kept by an update that does not, cleared by `"expires_in": null`; a todo whose
+/// expiry came is gone (404, out of the listing, free for its extern_id again).
+#[tokio::test]
+async fn a_todo_expires_and_an_update_extends_or_clears_its_expiry() {
+    let node = start_node().await;
+    let http = client();
+    let base = &node.base;
+    let create = |body: Value| http.post(format!("{base}/todos")).json(&body).send();
+    let created: Value = create(json!({"todo": "short", "extern_id": "short", "expires_in": "1s"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let short = created["id"].as_str().unwrap().to_owned();
+    let first_expiry = created["expires_at"].as_str().unwrap().to_owned();
+    let kept: Value =
+        create(json!({"todo": "kept", "expires_in": "1s"})).await.unwrap().json().await.unwrap();
+    let kept = kept["id"].as_str().unwrap().to_owned();
+    let patch = |id: &str, body: Value| http.patch(format!("{base}/todos/{id}")).json(&body).send();
+
+    // `kept`: extended to an hour, then an update without `expires_in` keeps that, then
+    // null clears it.
+    let extended: Value =
+        patch(&kept, json!({"expires_in": "1h"})).await.unwrap().json().await.unwrap();
+    let hour = extended["expires_at"].as_str().unwrap().to_owned();
+    assert!(hour > first_expiry, "{hour} is not later than {first_expiry}");
+    let untouched: Value =
+        patch(&kept, json!({"completed": true})).await.unwrap().json().await.unwrap();
+    assert_eq!(untouched["expires_at"], json!(hour));
+    let cleared: Value =
+        patch(&kept, json!({"expires_in": null})).await.unwrap().json().await.unwrap();
+    assert_eq!(cleared["expires_at"], Value::Null);
+
+    // Bad durations are 422 naming the field.
+    for bad in ["0s", "1.5s", "soon", "1000000d"] {
+        let reply = create(json!({"todo": "x", "expires_in": bad})).await.unwrap();
+        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let problem: Value = reply.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "expires_in", "{problem}");
+    }
+
+    eventually("the short todo expires", Duration::from_secs(10), || async {
+        let reply = http.get(format!("{base}/todos/{short}")).send().await.ok()?;
+        (reply.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let listed: Value =
+        http.get(format!("{base}/todos")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![kept.as_str()], "only the todo whose expiry was cleared is listed");
+    let patched = patch(&short, json!({"completed": true})).await.unwrap();
+    assert_eq!(patched.status(), StatusCode::NOT_FOUND, "an expired todo cannot be updated");
+    // Its extern_id is free again.
+    let again = create(json!({"todo": "again", "extern_id": "short"})).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    node.node.shutdown().await.unwrap();
+}

@@ -110,6 +110,23 @@ fn the_client_commands_read_and_write_a_running_node() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(client(url, &["kv", "rm", "users/alice"]).0, 0);
 
+    // Expiry: set on create and put, shown in the table, cleared with --never; a bad
+    // duration is the server's 422, named.
+    let (code, out, _) =
+        client(url, &["todo", "add", "call", "--extern-id", "c", "--expires-in", "1h"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().ends_with("EXPIRES"), "{out}");
+    let id = kvs::model::todo::todo_id("c").to_string();
+    let (code, out, _) = client(url, &["todo", "expire", &id, "--never"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("EXPIRES"), "{out}");
+    let (code, _, err) = client(url, &["todo", "expire", &id, "soon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expires_in"), "{err}");
+    let (code, out, _) = client(url, &["kv", "put", "session/1", "{}", "--ttl", "30s"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("stored session/1 (version ") && out.contains(", expires 20"), "{out}");
+
     let (_, out, _) = client(url, &["cluster", "status"]);
     assert!(out.contains("1 alive of 1"), "{out}");
     let (_, out, _) = client(url, &["cluster", "members", "--json"]);

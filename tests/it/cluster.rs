@@ -567,3 +567,116 @@ async fn one_round_moves_exactly_the_differing_records() {
     }
     assert_eq!(root(&b), before);
 }
+
+async fn doc_status(http: &reqwest::Client, member: &Member, key: &str) -> Option<StatusCode> {
+    Some(http.get(format!("{}/kv/{key}", member.base)).send().await.ok()?.status())
+}
+
+/// A key written with `ttl=2s` on node 1 reaches all three nodes with its expiry, is
+/// gone on all three once that instant comes (each node decides alone, from the record),
+/// the nodes' roots stay equal while each rewrites it to its expired form, and rounds
+/// of anti-entropy between every pair never bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_ttl_is_gone_on_every_node_and_stays_gone() {
+    let (http, a, b, c) = three_nodes().await;
+    let written = std::time::Instant::now();
+    let reply = http
+        .put(format!("{}/kv/session/ann?ttl=2s", a.base))
+        .json(&json!({"user": "ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let body: Value = reply.json().await.unwrap();
+    let expires_at = body["expires_at"].as_str().unwrap().to_owned();
+    let reply = http.put(format!("{}/kv/keep", a.base)).json(&json!(1)).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+
+    for member in [&b, &c] {
+        eventually("the expiring key reaches every node with its expiry", CONVERGE, || async {
+            let reply = http.get(format!("{}/kv/session/ann", member.base)).send().await.ok()?;
+            let header = reply.headers().get("kvs-expires-at")?.to_str().ok()?.to_owned();
+            (reply.status() == StatusCode::OK && header == expires_at).then_some(())
+        })
+        .await;
+    }
+    eventually("the key is gone on every node", CONVERGE, || async {
+        for member in [&a, &b, &c] {
+            if doc_status(&http, member, "session/ann").await? != StatusCode::NOT_FOUND {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!("gone on all three {:?} after the write (ttl 2s)", written.elapsed());
+    converged(&http, &[&a, &b, &c]).await;
+    for round in 0..3 {
+        for (from, peer) in [(&a, &b), (&b, &c), (&c, &a), (&b, &a), (&c, &b), (&a, &c)] {
+            sync_now(&http, from, peer).await;
+        }
+        for member in [&a, &b, &c] {
+            let status = doc_status(&http, member, "session/ann").await;
+            assert_eq!(status, Some(StatusCode::NOT_FOUND), "back after round {round}");
+            assert_eq!(doc_status(&http, member, "keep").await, Some(StatusCode::OK));
+            let listed: Value = http
+                .get(format!("{}/kv?prefix=session/", member.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(listed["keys"], json!([]), "listed after round {round}");
+        }
+    }
+    converged(&http, &[&a, &b, &c]).await;
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
+
+/// b is away while a todo expires and a and c purge it; b returns still holding the
+/// value (it never rewrote it): the expired write must not come back to a and c through
+/// anti-entropy, and b ends without it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_does_not_come_back_from_a_node_that_has_not_purged_it() {
+    let http = client();
+    let ttl = Duration::from_secs(1);
+    let dir_a = tempfile::tempdir().unwrap();
+    let config_a = with_ttl(&dir_a, vec![], ttl);
+    let a = start_configured(dir_a, config_a, Options::default()).await;
+    let seed = vec![a.node.addr().to_string()];
+    let (dir_b, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_b = with_ttl(&dir_b, seed.clone(), ttl);
+    let config_c = with_ttl(&dir_c, seed, ttl);
+    let b = start_configured(dir_b, config_b.clone(), Options::default()).await;
+    let c = start_configured(dir_c, config_c, Options::default()).await;
+    ready(&http, &b).await;
+    ready(&http, &c).await;
+    let body =
+        json!({"todo": "expires while b is away", "extern_id": "brief", "expires_in": "1500ms"});
+    let (_, id) = create_todo(&http, &a, &body).await;
+    eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &id)).await;
+    let dir_b = b.dir;
+    b.node.crash().await.unwrap();
+
+    for member in [&a, &c] {
+        eventually("the expired todo purged", CONVERGE, || async {
+            let root = info(&http, member).await["merkle_root"].as_str()?.to_owned();
+            root.bytes().all(|b| b == b'0').then_some(())
+        })
+        .await;
+    }
+    let b = start_configured(dir_b, config_b, Options::default()).await;
+    ready(&http, &b).await;
+    converged(&http, &[&a, &b, &c]).await;
+    for member in [&a, &b, &c] {
+        assert!(todo_on(&http, member, &id).await.is_none(), "the expired todo came back");
+        let root = info(&http, member).await["merkle_root"].as_str().unwrap().to_owned();
+        assert!(root.bytes().all(|b| b == b'0'), "a record came back: root {root}");
+    }
+    for member in [a, b, c] {
+        member.node.shutdown().await.unwrap();
+    }
+}
