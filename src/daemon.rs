@@ -227,6 +227,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         tls: tls.is_some(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        renders: Default::default(),
     };
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");

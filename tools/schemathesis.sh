@@ -17,11 +17,14 @@ VENV=target/schemathesis-venv
 EXAMPLES=${EXAMPLES:-100}
 KVS=${KVS:-target/release/kvs}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvs-st.XXXXXX")
-PIDS=()
 
+# The nodes' pids go to a file: `start` runs in a command substitution (a subshell),
+# where a variable it set would be lost and the nodes left running.
 cleanup() {
   local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -f "$WORK/pids" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$WORK/pids"
+  fi
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -47,7 +50,7 @@ start() {
               --gossip-interval 100ms --sync-interval 500ms --join-timeout 3s)
   [ -n "$seed" ] && args+=(--seeds "127.0.0.1:$seed")
   "$KVS" "${args[@]}" >> "$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
+  echo "$!" >> "$WORK/pids"
   echo "$port"
 }
 

@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: crate::metrics::SharedMetrics,
     /// Cancelled when the node stops: long-lived responses (watch streams) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Recent changes as watch events, rendered once for all watchers.
+    pub renders: Arc<watch::Renders>,
 }
 
 /// The `If-Match` request header (documentation only: `extract::if_match` reads it).

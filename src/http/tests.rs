@@ -86,6 +86,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         tls: false,
         metrics: Arc::default(),
         shutdown: Default::default(),
+        renders: Default::default(),
     };
     let app = router(state, max_body);
     Harness { app, services, _dir: dir }

@@ -7,8 +7,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -21,11 +21,61 @@ use crate::store::Change;
 
 /// Comment lines this often keep proxies from cutting an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Events a stream buffers for its client.
-const BUFFER: usize = 64;
+/// Chunks (each one batch of events) a stream buffers for its client.
+const BUFFER: usize = 16;
 /// A client that takes no event for this long is disconnected (the log keeps what it
 /// missed; it can resume with `Last-Event-ID`).
 const STALLED: Duration = Duration::from_secs(30);
+
+/// A stream writes at most once per this interval: what arrives meanwhile goes out in
+/// the next write. Under a write load, a thousand streams each writing every flush group
+/// cost the node a thousand syscalls and wakes per flush; this bounds them, for at most
+/// this much added delay.
+const COALESCE: Duration = Duration::from_millis(50);
+/// How many recent renders a node keeps for its watchers.
+const RENDERS_KEPT: usize = 4_096;
+
+/// The SSE text of recent changes, rendered once and shared by every watcher: with a
+/// thousand streams open, rendering each change per watcher was most of the node's CPU
+/// (perf: JSON building and escaping, RFC 3339 and UUID formatting). Change numbers are
+/// per node, so each node has its own ([`AppState::renders`]).
+#[derive(Default)]
+pub struct Renders {
+    recent: std::sync::Mutex<RenderMap>,
+}
+
+#[derive(Default)]
+struct RenderMap {
+    by_id: std::collections::HashMap<u64, Bytes>,
+    /// Insertion order, for eviction.
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Renders {
+    /// The event text of `change`, rendered now if no watcher rendered it before.
+    fn event(&self, change: &Change) -> Bytes {
+        if let Some(text) = self.lock().by_id.get(&change.id) {
+            return text.clone();
+        }
+        // Rendered outside the lock; two watchers racing both render, one insert wins.
+        let (op, data) = render(&watch::event(change));
+        let text = Bytes::from(format!("id: {}\nevent: {op}\ndata: {data}\n\n", change.id));
+        let mut recent = self.lock();
+        if recent.by_id.insert(change.id, text.clone()).is_none() {
+            recent.order.push_back(change.id);
+            while recent.order.len() > RENDERS_KEPT {
+                if let Some(old) = recent.order.pop_front() {
+                    recent.by_id.remove(&old);
+                }
+            }
+        }
+        text
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RenderMap> {
+        self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The `Last-Event-ID` request header: 400 when it is not a change number.
 pub(super) fn resume_point(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -48,16 +98,28 @@ pub fn respond(
         WatchError::Store(error) => ApiError::from(crate::service::ServiceError::Store(error)),
         error => ApiError::Gone(error.to_string()),
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(BUFFER);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(BUFFER);
     let stop = state.shutdown.clone();
+    let renders = state.renders.clone();
     tokio::spawn(async move {
+        let mut next_write = tokio::time::Instant::now();
         loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_write) => {}
+                () = tx.closed() => return,
+            }
             let events = tokio::select! {
                 events = watch.next() => events,
                 () = tx.closed() => return,
                 () = stop.cancelled() => {
                     let _ = tx.try_send(Ok(closed("the node is shutting down")));
                     return;
+                }
+                () = tokio::time::sleep(KEEP_ALIVE) => {
+                    if tx.try_send(Ok(Bytes::from_static(b":\n\n"))).is_err() && tx.is_closed() {
+                        return;
+                    }
+                    continue;
                 }
             };
             let events = match events {
@@ -68,36 +130,53 @@ pub fn respond(
                     return;
                 }
             };
-            for change in events.iter().filter(|change| match &change.key {
-                Key::Doc(path) => visible(path),
-                Key::Todo(_) => true,
-            }) {
-                match tokio::time::timeout(STALLED, tx.send(Ok(sse_event(change)))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return, // the client went away
-                    Err(_) => {
-                        tracing::debug!("a watcher took nothing for 30 s: disconnected");
-                        return;
+            // Everything this wake-up took goes out as one chunk: one write for the
+            // connection however many changes the flush held.
+            let mut texts = events
+                .iter()
+                .filter(|change| match &change.key {
+                    Key::Doc(path) => visible(path),
+                    Key::Todo(_) => true,
+                })
+                .map(|change| renders.event(change));
+            let chunk = match (texts.next(), texts.next()) {
+                (None, _) => continue,
+                (Some(only), None) => only,
+                (Some(first), Some(second)) => {
+                    let mut joined = Vec::with_capacity(4 * first.len());
+                    for text in [first, second].into_iter().chain(texts) {
+                        joined.extend_from_slice(&text);
                     }
+                    Bytes::from(joined)
+                }
+            };
+            match tokio::time::timeout(STALLED, tx.send(Ok(chunk))).await {
+                Ok(Ok(())) => next_write = tokio::time::Instant::now() + COALESCE,
+                Ok(Err(_)) => return, // the client went away
+                Err(_) => {
+                    tracing::debug!("a watcher took nothing for 30 s: disconnected");
+                    return;
                 }
             }
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies that buffer responses (nginx) pass this one through as it comes.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
-fn closed(reason: &str) -> Event {
-    Event::default().event("closed").data(json!({ "reason": reason }).to_string())
+fn closed(reason: &str) -> Bytes {
+    let data = json!({ "reason": reason });
+    Bytes::from(format!("event: closed\ndata: {data}\n\n"))
 }
 
-/// The event for a change.
-fn sse_event(change: &Change) -> Event {
-    let (op, data) = render(&watch::event(change));
-    Event::default().id(change.id.to_string()).event(op).data(data)
-}
-
-/// The event name and data of a change.
+/// The event name and data of a change (the data is one line of JSON: serde escapes
+/// every newline inside strings, as SSE needs).
 fn render(event: &WatchEvent) -> (&'static str, String) {
     let version = VersionBody::from(&event.version);
     let (op, data) = match &event.item {
@@ -118,4 +197,46 @@ fn render(event: &WatchEvent) -> (&'static str, String) {
         }
     };
     (op, data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeId, Origin, Record, Timestamp, Value, Version};
+
+    fn change(id: u64, value: Option<&str>) -> Change {
+        let version = Version {
+            ts: Timestamp::from_parts(1_000 + id, 0),
+            origin: Origin { node: NodeId(uuid::Uuid::from_u128(1)), joined_at: 1 },
+            uuid: uuid::Uuid::from_u128(id.into()),
+        };
+        let value = value.map_or(Value::Tombstone, |v| Value::Live(v.as_bytes().to_vec()));
+        let record = Record { expires_at: Some(5_000), ..Record::new(version, value) };
+        Change { id, key: Key::doc("a/b").unwrap(), record }
+    }
+
+    #[test]
+    fn a_change_is_rendered_once_as_one_sse_event_and_old_renders_are_dropped() {
+        let renders = Renders::default();
+        let first = renders.event(&change(7, Some(r#"{"n":1}"#)));
+        let text = std::str::from_utf8(&first).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(&lines[..2], ["id: 7", "event: put"], "{text}");
+        let data: serde_json::Value =
+            serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data["value"], json!({"n": 1}));
+        assert_eq!(data["expires_at"], json!("1970-01-01T00:00:05Z"));
+        assert_eq!(&lines[3..], ["", ""], "one event, ended by a blank line");
+        // The second watcher gets the same bytes, not a new render.
+        let again = renders.event(&change(7, Some(r#"{"n":1}"#)));
+        assert_eq!(again.as_ptr(), first.as_ptr());
+        let delete = renders.event(&change(8, None));
+        assert!(delete.starts_with(b"id: 8\nevent: delete\n"));
+        for id in 9..(RENDERS_KEPT as u64 + 20) {
+            renders.event(&change(id, Some("1")));
+        }
+        let kept = renders.lock();
+        assert_eq!((kept.by_id.len(), kept.order.len()), (RENDERS_KEPT, RENDERS_KEPT));
+        assert!(!kept.by_id.contains_key(&7));
+    }
 }
