@@ -1,6 +1,8 @@
 //! Who is in the cluster: the membership state machine (pure) and a shared handle to it.
 
 mod membership;
+pub mod swim;
+pub mod swim_sim;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};

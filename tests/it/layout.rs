@@ -27,6 +27,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("governor", &["http/limit.rs"]),
     ("prometheus_client", &["metrics.rs"]),
     ("indicatif", &["client.rs"]),
+    ("foca", &["cluster/swim.rs"]),
+    ("rand_pcg", &["cluster/swim.rs"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
