@@ -88,6 +88,17 @@ pub const MAX_PACKET_BYTES: usize = 1_400;
 /// `30 s × ⌈log2(N / 32)⌉` past 32 members (memberlist's push-pull scale).
 pub fn config_for(size: u32) -> Config {
     let mut config = Config::new_lan(NonZeroU32::new(size.max(1)).expect("at least 1"));
+    let log_n = f64::from(size.max(10)).log10();
+    // Lifeguard's suspicion, without its confirmations: 2 × log10(N) probe periods, at
+    // least 3 s (a starved member's refutation needs about that).
+    config.suspect_to_down_after =
+        config.probe_period.mul_f64(2.0 * log_n).max(Duration::from_secs(3));
+    // More retransmissions than foca's 4 × log10(N + 1): with 5 % loss, a refutation
+    // must reach every member that heard the suspicion before its timer fires.
+    config.max_transmissions = std::num::NonZeroU8::new(
+        (6.0 * f64::from(size + 1).log10()).ceil().clamp(1.0, 255.0) as u8,
+    )
+    .expect("at least 1");
     let scale = if size > 32 { (f64::from(size) / 32.0).log2().ceil().max(1.0) } else { 1.0 };
     if let Some(announce) = config.periodic_announce.as_mut() {
         announce.frequency = Duration::from_secs_f64(30.0 * scale);

@@ -62,6 +62,8 @@ pub struct SimReport {
     pub members: usize,
     /// Simulated time after the warm-up.
     pub observed: Duration,
+    /// From the join until each member learned of it, sorted.
+    pub join_known: Vec<Duration>,
     /// From the join until the last member learned of it (`None`: some never did).
     pub join_known_by_all: Option<Duration>,
     /// Per kill and per alive observer: kill → that observer declared it down.
@@ -75,6 +77,11 @@ pub struct SimReport {
     /// Alive members declared down, per member-hour.
     pub false_deaths_per_member_hour: f64,
     pub false_deaths: u64,
+    /// Members declared down while alive, by at least one member.
+    pub falsely_declared_down: usize,
+    /// Of the declarations: by the starved member, and of the starved member.
+    pub false_deaths_by_starved: u64,
+    pub false_deaths_of_starved: u64,
     /// Membership payload sent per alive member per second, after the warm-up.
     pub bytes_per_member_per_s: f64,
     /// Members that, at the end, do not know every alive member as alive.
@@ -147,6 +154,9 @@ struct Sim {
     false_suspicions: u64,
     false_suspicions_of_starved: u64,
     false_deaths: u64,
+    false_deaths_by_starved: u64,
+    false_deaths_of_starved: u64,
+    falsely_down: std::collections::BTreeSet<usize>,
     /// (subject, observer) → µs it was declared down (only while tracked).
     downs: HashMap<(usize, usize), u64>,
     /// Observers that declared the joiner up, with when.
@@ -192,6 +202,9 @@ impl Sim {
             false_suspicions: 0,
             false_suspicions_of_starved: 0,
             false_deaths: 0,
+            false_deaths_by_starved: 0,
+            false_deaths_of_starved: 0,
+            falsely_down: Default::default(),
             downs: HashMap::new(),
             ups_of_joiner: HashMap::new(),
             joiner: n - 1,
@@ -229,6 +242,9 @@ impl Sim {
                     if self.alive[subject] {
                         if self.counting {
                             self.false_deaths += 1;
+                            self.false_deaths_by_starved += u64::from(from == STARVED);
+                            self.false_deaths_of_starved += u64::from(subject == STARVED);
+                            self.falsely_down.insert(subject);
                         }
                     } else {
                         self.downs.entry((subject, from)).or_insert(self.now_us);
@@ -316,6 +332,9 @@ pub fn run(config: SimConfig) -> SimReport {
         sim.run_until(join_at + (attempt + 1) * 1_000_000);
     }
     sim.run_until(join_at + us(config.kill_every));
+    let mut join_known: Vec<Duration> =
+        sim.ups_of_joiner.values().map(|at| Duration::from_micros(at - join_at)).collect();
+    join_known.sort();
     let join_known_by_all = (0..joiner)
         .filter(|&o| sim.alive[o])
         .map(|o| sim.ups_of_joiner.get(&o).copied())
@@ -354,6 +373,7 @@ pub fn run(config: SimConfig) -> SimReport {
     SimReport {
         members: n,
         observed,
+        join_known,
         join_known_by_all,
         detections,
         detected_by_all,
@@ -361,6 +381,9 @@ pub fn run(config: SimConfig) -> SimReport {
         false_suspicions_of_starved: sim.false_suspicions_of_starved,
         false_deaths_per_member_hour: sim.false_deaths as f64 / member_hours,
         false_deaths: sim.false_deaths,
+        false_deaths_by_starved: sim.false_deaths_by_starved,
+        false_deaths_of_starved: sim.false_deaths_of_starved,
+        falsely_declared_down: sim.falsely_down.len(),
         bytes_per_member_per_s: sim.bytes as f64 / alive as f64 / observed.as_secs_f64(),
         members_missing_someone,
     }

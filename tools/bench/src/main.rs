@@ -11,6 +11,7 @@
 mod attack;
 mod cluster;
 mod compare;
+mod membership;
 mod procs;
 mod proxy;
 mod repair;
@@ -62,6 +63,9 @@ enum Scenario {
     /// One node: creates/s without watchers and with 1,000 watch streams open
     /// (interleaved quarters), the ratio, and whether every watcher got every change
     Watchers,
+    /// The SWIM membership core simulated at 50 and 1,000 members (5 % loss, one starved
+    /// member): join and failure detection times, false suspicions and deaths, bytes/s
+    MembershipSim,
     /// All of the above
     All,
 }
@@ -146,6 +150,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Attack,
             Scenario::Secure,
             Scenario::Watchers,
+            Scenario::MembershipSim,
         ];
     }
     scenarios.dedup();
@@ -176,6 +181,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::Secure => secure::secure(&settings, &http).await,
                 Scenario::Watchers => watchers::watchers(&settings, &http).await,
+                Scenario::MembershipSim => membership::membership_sim(&settings, run).await,
                 Scenario::All => unreachable!("expanded above"),
             }
             .with_context(|| format!("{name}, run {run}"))?;
