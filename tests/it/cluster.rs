@@ -367,13 +367,12 @@ fn with_ttl(dir: &tempfile::TempDir, seeds: Vec<String>, ttl: Duration) -> Confi
     config
 }
 
-/// b is away while a deletes a todo and a and c purge the tombstone; when b returns it
-/// must not bring the todo back: it finds a peer that purged tombstones written after
-/// its last contact, discards its copy and bootstraps.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back() {
+/// Three nodes purging tombstones after `ttl`, b and c seeded with a, all ready; and b's
+/// config (to restart it after taking it away).
+async fn three_nodes_with_tombstone_ttl(
+    ttl: Duration,
+) -> (reqwest::Client, Member, Member, Member, Config) {
     let http = client();
-    let ttl = Duration::from_secs(1);
     let dir_a = tempfile::tempdir().unwrap();
     let config_a = with_ttl(&dir_a, vec![], ttl);
     let a = start_configured(dir_a, config_a, Options::default()).await;
@@ -385,6 +384,16 @@ async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back()
     let c = start_configured(dir_c, config_c, Options::default()).await;
     ready(&http, &b).await;
     ready(&http, &c).await;
+    (http, a, b, c, config_b)
+}
+
+/// b is away while a deletes a todo and a and c purge the tombstone; when b returns it
+/// must not bring the todo back: it finds a peer that purged tombstones written after
+/// its last contact, discards its copy and bootstraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_longer_than_the_tombstone_ttl_does_not_bring_deletes_back() {
+    let ttl = Duration::from_secs(1);
+    let (http, a, b, c, config_b) = three_nodes_with_tombstone_ttl(ttl).await;
     let body = json!({"todo": "deleted while b is away", "extern_id": "ghost"});
     let (_, id) = create_todo(&http, &a, &body).await;
     eventually("the todo on b", CONVERGE, || todo_on(&http, &b, &id)).await;
@@ -641,19 +650,8 @@ async fn a_key_with_a_ttl_is_gone_on_every_node_and_stays_gone() {
 /// anti-entropy, and b ends without it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_does_not_come_back_from_a_node_that_has_not_purged_it() {
-    let http = client();
     let ttl = Duration::from_secs(1);
-    let dir_a = tempfile::tempdir().unwrap();
-    let config_a = with_ttl(&dir_a, vec![], ttl);
-    let a = start_configured(dir_a, config_a, Options::default()).await;
-    let seed = vec![a.node.addr().to_string()];
-    let (dir_b, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config_b = with_ttl(&dir_b, seed.clone(), ttl);
-    let config_c = with_ttl(&dir_c, seed, ttl);
-    let b = start_configured(dir_b, config_b.clone(), Options::default()).await;
-    let c = start_configured(dir_c, config_c, Options::default()).await;
-    ready(&http, &b).await;
-    ready(&http, &c).await;
+    let (http, a, b, c, config_b) = three_nodes_with_tombstone_ttl(ttl).await;
     let body =
         json!({"todo": "expires while b is away", "extern_id": "brief", "expires_in": "1500ms"});
     let (_, id) = create_todo(&http, &a, &body).await;
