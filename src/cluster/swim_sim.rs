@@ -64,12 +64,20 @@ pub struct SimReport {
     pub observed: Duration,
     /// From the join until each member learned of it, sorted.
     pub join_known: Vec<Duration>,
-    /// From the join until the last member learned of it (`None`: some never did).
+    /// From the join until the last member but the starved one learned of it (`None`:
+    /// some never did).
     pub join_known_by_all: Option<Duration>,
+    /// Whether the starved member learned of the join before the first kill.
+    pub starved_knew_join: bool,
+    /// Members the joiner did not know right after its join was answered.
+    pub joiner_lacked: usize,
     /// Per kill and per alive observer: kill → that observer declared it down.
     pub detections: Vec<Duration>,
-    /// Per kill: kill → the last alive member declared it down (`None`: some never did).
+    /// Per kill: kill → the last alive member but the starved one declared it down
+    /// (`None`: some never did).
     pub detected_by_all: Vec<Option<Duration>>,
+    /// Kills the starved member had not declared down when the next one came.
+    pub kills_missed_by_starved: usize,
     /// Failed probes of members that were alive, per member-hour (the starved one's and
     /// everyone else's).
     pub false_suspicions_per_member_hour: f64,
@@ -288,10 +296,12 @@ impl Sim {
         self.now_us = end_us;
     }
 
-    /// Everyone alive but `subject` declared it down at this µs, if all did.
+    /// Everyone alive but `subject` (and the starved member, reported apart) declared it
+    /// down at this µs, if all did.
     fn all_declared_down(&self, subject: usize) -> Option<u64> {
         let mut last = 0;
-        for observer in (0..self.members.len()).filter(|&o| o != subject && self.alive[o]) {
+        let observers = (0..self.members.len()).filter(|&o| o != subject && o != STARVED);
+        for observer in observers.filter(|&o| self.alive[o]) {
             last = last.max(*self.downs.get(&(subject, observer))?);
         }
         Some(last)
@@ -319,24 +329,35 @@ pub fn run(config: SimConfig) -> SimReport {
     sim.alive[joiner] = true;
     let join_at = sim.now_us;
     sim.ups_of_joiner.clear();
-    // Like the daemon: ask a random member again each second until someone answered (the
-    // announce itself may be lost).
+    // Ask a random member again each second until someone answered (the announce itself
+    // may be lost). Its answer holds one packet of members (about twenty), so, as the
+    // daemon will over HTTP, the joiner then takes that member's full list in one
+    // exchange; without it, a joiner of a 1,000-member cluster learns the rest one probe
+    // at a time.
     for attempt in 0u64.. {
         if sim.members[joiner].member_count() > 0 || attempt == 30 {
             break;
         }
-        let through = sim.ids[sim.dice.below(joiner as u64) as usize].clone();
-        if let Ok(outputs) = sim.members[joiner].join(through) {
+        let through = sim.dice.below(joiner as u64) as usize;
+        if let Ok(outputs) = sim.members[joiner].join(sim.ids[through].clone()) {
             sim.apply(joiner, outputs);
         }
         sim.run_until(join_at + (attempt + 1) * 1_000_000);
+        if sim.members[joiner].member_count() > 0 {
+            let list: Vec<SwimId> = sim.members[through].members().cloned().collect();
+            if let Ok(outputs) = sim.members[joiner].know(list) {
+                sim.apply(joiner, outputs);
+            }
+        }
     }
+    let joiner_lacked = joiner.saturating_sub(sim.members[joiner].member_count());
     sim.run_until(join_at + us(config.kill_every));
     let mut join_known: Vec<Duration> =
         sim.ups_of_joiner.values().map(|at| Duration::from_micros(at - join_at)).collect();
     join_known.sort();
+    let starved_knew_join = sim.ups_of_joiner.contains_key(&STARVED);
     let join_known_by_all = (0..joiner)
-        .filter(|&o| sim.alive[o])
+        .filter(|&o| sim.alive[o] && o != STARVED)
         .map(|o| sim.ups_of_joiner.get(&o).copied())
         .collect::<Option<Vec<u64>>>()
         .map(|ats| Duration::from_micros(ats.into_iter().max().unwrap_or(join_at) - join_at));
@@ -344,6 +365,7 @@ pub fn run(config: SimConfig) -> SimReport {
     // Kills: never the starved member, the joiner or member 0.
     let mut detections = Vec::new();
     let mut detected_by_all = Vec::new();
+    let mut kills_missed_by_starved = 0;
     for kill in 0..config.kills {
         let subject = 2 + (kill * 7919) % (n - 3);
         sim.alive[subject] = false;
@@ -356,6 +378,7 @@ pub fn run(config: SimConfig) -> SimReport {
         }
         detected_by_all
             .push(sim.all_declared_down(subject).map(|at| Duration::from_micros(at - killed_at)));
+        kills_missed_by_starved += usize::from(!sim.downs.contains_key(&(subject, STARVED)));
     }
 
     let observed = Duration::from_micros(sim.now_us - counting_from);
@@ -375,8 +398,11 @@ pub fn run(config: SimConfig) -> SimReport {
         observed,
         join_known,
         join_known_by_all,
+        starved_knew_join,
+        joiner_lacked,
         detections,
         detected_by_all,
+        kills_missed_by_starved,
         false_suspicions_per_member_hour: sim.false_suspicions as f64 / member_hours,
         false_suspicions_of_starved: sim.false_suspicions_of_starved,
         false_deaths_per_member_hour: sim.false_deaths as f64 / member_hours,
@@ -407,6 +433,7 @@ mod tests {
         let report = run(SimConfig::smoke());
         eprintln!("{report:#?}");
         assert!(report.join_known_by_all.is_some(), "the join did not reach everyone");
+        assert_eq!(report.joiner_lacked, 0, "the joiner did not take the full list");
         assert_eq!(report.detected_by_all.len(), 2);
         assert!(report.detected_by_all.iter().all(Option::is_some), "{:?}", report.detected_by_all);
         assert_eq!(report.false_deaths, 0);

@@ -65,7 +65,26 @@ fn figures_of(report: &SimReport) -> Vec<Figure> {
             "s",
             secs(swim_sim::quantile(&report.detections, 1.0)),
         ),
-        Figure::new(&format!("{n} members: kill detected by all (worst kill)"), "s", by_all),
+        Figure::new(
+            &format!("{n} members: kill detected by all but the starved member (worst kill)"),
+            "s",
+            by_all,
+        ),
+        Figure::new(
+            &format!("{n} members: kills the starved member never declared down"),
+            "kills",
+            report.kills_missed_by_starved as f64,
+        ),
+        Figure::new(
+            &format!("{n} members: the starved member learned of the join"),
+            "yes=1",
+            f64::from(u8::from(report.starved_knew_join)),
+        ),
+        Figure::new(
+            &format!("{n} members: members the joiner lacked after its join"),
+            "members",
+            report.joiner_lacked as f64,
+        ),
         Figure::new(
             &format!("{n} members: false suspicions"),
             "/member-hour",
