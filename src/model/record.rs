@@ -69,9 +69,12 @@ impl Record {
     ///
     /// Versions decide (see [`Version`]'s order). Two records with equal versions are the
     /// same write, in its live or expired form (the expired form wins), or a peer is
-    /// buggy or forged one; then the form, the expiry and the value bytes decide (a
+    /// buggy or forged one; then the expiry, the form and the value bytes decide (a
     /// delete's tombstone loses to any live value), so the order stays total and every
-    /// replica that saw the same writes ends with the same bytes.
+    /// replica that saw the same writes ends with the same bytes. The expiry comes
+    /// before the form because rewriting to the expired form keeps version and expiry:
+    /// then a replica that rewrote a record before a merge ends where one that rewrote
+    /// after it does, even when a forged record shares the version with another expiry.
     pub fn supersedes(&self, current: &Record) -> bool {
         self.precedence(current) == Ordering::Greater
     }
@@ -79,8 +82,8 @@ impl Record {
     fn precedence(&self, other: &Record) -> Ordering {
         self.version
             .cmp(&other.version)
-            .then_with(|| self.form().cmp(&other.form()))
             .then_with(|| self.expires_at.cmp(&other.expires_at))
+            .then_with(|| self.form().cmp(&other.form()))
             .then_with(|| self.live_bytes().cmp(&other.live_bytes()))
     }
 
@@ -152,6 +155,29 @@ mod tests {
             state.insert(*key, merged);
         }
         state
+    }
+
+    fn write(ts: u64, value: Value, expires_at: Option<u64>) -> Record {
+        let id = Uuid::from_u128(1);
+        let origin = Origin { node: NodeId(id), joined_at: 0 };
+        Record {
+            version: Version { ts: Timestamp::from_raw(ts), origin, uuid: id },
+            value,
+            expires_at,
+        }
+    }
+
+    /// Found by CI: a forged record sharing a version with a live expiring write, with
+    /// another expiry, in its expired form. Rewriting the live one before the merge
+    /// must end where rewriting after it does.
+    #[test]
+    fn a_forged_twin_with_another_expiry_merges_the_same_before_and_after_a_rewrite() {
+        let live = write(3, Value::Live(vec![1]), Some(1));
+        let twin = write(3, Value::Tombstone, Some(0));
+        let after = Record::merge(live.clone(), twin.clone()).expired();
+        let before = Record::merge(live.expired(), twin).expired();
+        assert_eq!(before, after);
+        assert_eq!(after.expires_at, Some(1));
     }
 
     proptest! {
