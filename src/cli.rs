@@ -299,6 +299,11 @@ pub struct ServeArgs {
     /// Push each write to the peers at once; false leaves it to anti-entropy [default: true]
     #[arg(long, env = "KVS_PUSH_ON_WRITE", value_name = "BOOL")]
     pub push_on_write: Option<bool>,
+    /// Push each write to at most this many peers, chosen at random; in a larger
+    /// cluster each peer that receives a write new to it passes it on the same way
+    /// [default: 8]
+    #[arg(long, env = "KVS_PUSH_FANOUT", value_name = "N")]
+    pub push_fanout: Option<usize>,
     /// Answer reads while joining or re-bootstrapping (possibly stale data) instead of
     /// 503 [default: false]
     #[arg(long, env = "KVS_SERVE_STALE", value_name = "BOOL")]

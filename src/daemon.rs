@@ -244,6 +244,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         cluster.clone(),
         peer.clone(),
         outbox_rx,
+        config.push_fanout,
         services.pushes.clone(),
         shutdown.clone(),
     ));

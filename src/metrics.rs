@@ -156,6 +156,7 @@ pub struct Snapshot {
     pub push_sent_requests: u64,
     pub push_failed_records: u64,
     pub push_dropped_records: u64,
+    pub push_relayed_records: u64,
     pub skewed_timestamps: u64,
     pub peers: Vec<PeerFigures>,
 }
@@ -224,6 +225,11 @@ impl Snapshot {
                 "push_records_dropped",
                 "Writes not pushed because a peer's queue was full (left to anti-entropy)",
                 self.push_dropped_records,
+            ),
+            (
+                "push_records_relayed",
+                "Writes peers pushed that were new here and were passed on to this node's fan-out",
+                self.push_relayed_records,
             ),
             (
                 "clock_skew_refusals",

@@ -165,6 +165,18 @@ impl Peer for PeerClient {
         self.call(addr, "records", batch, Size::Bulk).await.map(|_| bytes)
     }
 
+    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+        let batch = wire::compress_batch(records);
+        let bytes = batch.len();
+        match self.call(addr, "push", batch.clone(), Size::Bulk).await {
+            // A peer from before the relay (a rolling upgrade) takes them as a push.
+            Err(PeerError::Status { status: 404, .. }) => {
+                self.call(addr, "records", batch, Size::Bulk).await.map(|_| bytes)
+            }
+            answered => answered.map(|_| bytes),
+        }
+    }
+
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError> {
         let body = serde_json::to_vec(members).expect("members serialize");
         let reply = self.call(addr, "gossip", body, Size::Small).await?;

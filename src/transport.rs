@@ -47,6 +47,12 @@ pub trait Peer: Send + Sync + 'static {
     /// Sends records to be merged; returns the bytes of the batch sent.
     async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError>;
 
+    /// Sends fresh writes (push on write): merged like [`Peer::push`], and the peer may
+    /// pass on those new to it. A transport without the distinction sends a push.
+    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+        self.push(addr, records).await
+    }
+
     /// Sends our member list, returns theirs.
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError>;
 

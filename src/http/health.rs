@@ -78,6 +78,9 @@ pub struct Push {
     pub failed_records: u64,
     /// Records not queued because a queue was full.
     pub dropped_records: u64,
+    /// Records peers pushed that were new here and were passed on (only in a cluster
+    /// larger than `push_fanout`).
+    pub relayed_records: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -228,6 +231,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
                 sent_requests: PushStats::get(&stats.sent_requests),
                 failed_records: PushStats::get(&stats.failed_records),
                 dropped_records: PushStats::get(&stats.dropped_records),
+                relayed_records: PushStats::get(&stats.relayed_records),
             }
         },
     })

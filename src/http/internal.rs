@@ -161,6 +161,11 @@ pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub async fn push(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+    receiver::pushed(&state.services.replica, body.to_vec()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(serde::Deserialize)]
 pub struct SyncQuery {
     peer: String,

@@ -67,6 +67,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         push_sent_requests: PushStats::get(&pushes.sent_requests),
         push_failed_records: PushStats::get(&pushes.failed_records),
         push_dropped_records: PushStats::get(&pushes.dropped_records),
+        push_relayed_records: PushStats::get(&pushes.relayed_records),
         skewed_timestamps: data.refused_timestamps,
         peers,
     };

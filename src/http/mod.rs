@@ -332,6 +332,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/internal/v1/nodes", post(internal::nodes))
         .route("/internal/v1/reconcile", post(internal::reconcile))
         .route("/internal/v1/records", post(internal::records))
+        .route("/internal/v1/push", post(internal::push))
         .route("/internal/v1/gossip", post(internal::gossip))
         .route("/internal/v1/sync", post(internal::sync_now))
         .route("/internal/v1/status", post(internal::status))

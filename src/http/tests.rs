@@ -604,6 +604,7 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
     for (path, body) in [
         ("/internal/v1/records", &b"\x28\xb5\x2f\xfd garbage"[..]),
         ("/internal/v1/records", &b"not zstd at all"[..]),
+        ("/internal/v1/push", &b"\x28\xb5\x2f\xfd garbage"[..]),
         ("/internal/v1/nodes", &b"\x01\x09\x01\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
         ("/internal/v1/nodes", &b"\x01\x00\x05\x00\x00\x00\x01\x00\x00\x00\x00"[..]),
         ("/internal/v1/reconcile", &b"\x02\x00"[..]),

@@ -79,6 +79,38 @@ impl IfMatch {
     }
 }
 
+/// A record for the pusher (`sync::push`): a committed local write, or a record a peer
+/// pushed that was new here (`relayed`), which the pusher passes on only in a cluster
+/// larger than the push fan-out.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub key: Key,
+    pub record: Record,
+    pub relayed: bool,
+}
+
+impl Outgoing {
+    /// Queues `records` for the pusher without waiting; what does not fit is counted as
+    /// dropped (anti-entropy carries it).
+    fn offer(
+        outbox: &mpsc::Sender<Outgoing>,
+        pushes: &PushStats,
+        records: impl IntoIterator<Item = (Key, Record)>,
+        relayed: bool,
+    ) {
+        let mut dropped = 0;
+        for (key, record) in records {
+            if outbox.try_send(Outgoing { key, record, relayed }).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            PushStats::add(&pushes.dropped_records, dropped);
+            tracing::debug!(dropped, "push queue full; anti-entropy will carry the writes");
+        }
+    }
+}
+
 /// Stamps local writes: this node's origin and its hybrid logical clock.
 #[derive(Clone)]
 pub struct Writer {
@@ -87,7 +119,7 @@ pub struct Writer {
     origin: Origin,
     /// Where committed local writes go to be pushed to peers (best effort: a full
     /// queue drops them, counted; anti-entropy repairs what is dropped).
-    outbox: Option<mpsc::Sender<(Key, Record)>>,
+    outbox: Option<mpsc::Sender<Outgoing>>,
     pushes: Arc<PushStats>,
 }
 
@@ -105,6 +137,9 @@ pub struct PushStats {
     /// Records not queued because a queue was full (the outbox, or a peer's
     /// pipeline): anti-entropy carries them.
     pub dropped_records: AtomicU64,
+    /// Records a peer pushed that were new here and were passed on to our own
+    /// fan-out (counted once per record; only in a cluster larger than the fan-out).
+    pub relayed_records: AtomicU64,
 }
 
 impl PushStats {
@@ -121,7 +156,7 @@ impl Writer {
     pub fn new(
         store: Store,
         clock: Arc<Hlc>,
-        outbox: Option<mpsc::Sender<(Key, Record)>>,
+        outbox: Option<mpsc::Sender<Outgoing>>,
         pushes: Arc<PushStats>,
     ) -> Self {
         let origin = store.identity();
@@ -131,10 +166,7 @@ impl Writer {
     /// Hands a durable local write to the pusher, never blocking the client.
     fn announce(&self, key: Key, record: Record) {
         if let Some(outbox) = &self.outbox {
-            if outbox.try_send((key, record)).is_err() {
-                PushStats::add(&self.pushes.dropped_records, 1);
-                tracing::debug!("push queue full; anti-entropy will carry the write");
-            }
+            Outgoing::offer(outbox, &self.pushes, [(key, record)], false);
         }
     }
 
@@ -224,16 +256,23 @@ impl Services {
         store: Store,
         clock: Arc<Hlc>,
         readiness: Readiness,
-        outbox: Option<mpsc::Sender<(Key, Record)>>,
+        outbox: Option<mpsc::Sender<Outgoing>>,
         ttl: TtlRules,
     ) -> Self {
         let pushes = Arc::new(PushStats::default());
-        let writer = Writer::new(store.clone(), clock.clone(), outbox, pushes.clone());
+        let writer = Writer::new(store.clone(), clock.clone(), outbox.clone(), pushes.clone());
+        let relay = outbox.map(|outbox| (outbox, pushes.clone()));
         Services {
             pushes,
             todos: TodoService::new(writer.clone()),
             docs: DocService::new(writer),
-            replica: ReplicaService::new(store.clone(), clock.clone(), ttl, readiness.clone()),
+            replica: ReplicaService::new(
+                store.clone(),
+                clock.clone(),
+                ttl,
+                readiness.clone(),
+                relay,
+            ),
             changes: watch::ChangeFeed::new(store.clone()),
             readiness,
             store,

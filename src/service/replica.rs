@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Phase, Readiness, ServiceError};
+use tokio::sync::mpsc;
+
+use super::{Outgoing, Phase, PushStats, Readiness, ServiceError};
 use crate::clock::{Hlc, Observation};
 use crate::codec;
 use crate::merkle::{self, Hash};
@@ -32,6 +34,9 @@ pub struct ReplicaService {
     clock: Arc<Hlc>,
     ttl: TtlRules,
     readiness: Readiness,
+    /// Where records a peer pushed that were new here go to be passed on (with push on
+    /// write), and the counters of what became of them.
+    relay: Option<(mpsc::Sender<Outgoing>, Arc<PushStats>)>,
 }
 
 /// How tombstones expire on this node.
@@ -78,8 +83,14 @@ enum Refusal {
 }
 
 impl ReplicaService {
-    pub(super) fn new(store: Store, clock: Arc<Hlc>, ttl: TtlRules, readiness: Readiness) -> Self {
-        ReplicaService { store, clock, ttl, readiness }
+    pub(super) fn new(
+        store: Store,
+        clock: Arc<Hlc>,
+        ttl: TtlRules,
+        readiness: Readiness,
+        relay: Option<(mpsc::Sender<Outgoing>, Arc<PushStats>)>,
+    ) -> Self {
+        ReplicaService { store, clock, ttl, readiness, relay }
     }
 
     pub fn sync_state(&self) -> Result<SyncState, ServiceError> {
@@ -264,13 +275,36 @@ impl ReplicaService {
     /// Validates the whole batch, then merges it on the blocking pool and waits until
     /// it is durable. See [`MergeReport`] for what is refused.
     pub async fn merge(&self, records: Vec<(Key, Record)>) -> Result<MergeReport, ServiceError> {
+        self.merge_and_relay(records, false).await
+    }
+
+    /// Merges writes a peer pushed; those new here are then handed to our own pushes,
+    /// which pass them on in a cluster larger than the push fan-out (`sync::push`).
+    /// Each node does so at most once per write (a second copy changes nothing here).
+    pub async fn merge_pushed(
+        &self,
+        records: Vec<(Key, Record)>,
+    ) -> Result<MergeReport, ServiceError> {
+        self.merge_and_relay(records, true).await
+    }
+
+    async fn merge_and_relay(
+        &self,
+        records: Vec<(Key, Record)>,
+        relay: bool,
+    ) -> Result<MergeReport, ServiceError> {
         for (key, record) in &records {
             validate(key, record)?;
         }
         let replica = self.clone();
-        let merged = tokio::task::spawn_blocking(move || replica.merge_blocking(records)).await;
-        let (report, last_seq) = merged.map_err(|_| ServiceError::Interrupted)??;
+        let keep_fresh = relay && self.relay.is_some();
+        let merged =
+            tokio::task::spawn_blocking(move || replica.merge_blocking(records, keep_fresh)).await;
+        let (report, last_seq, fresh) = merged.map_err(|_| ServiceError::Interrupted)??;
         self.store.wait_durable(last_seq).await?;
+        if let Some((outbox, pushes)) = self.relay.as_ref().filter(|_| !fresh.is_empty()) {
+            Outgoing::offer(outbox, pushes, fresh, true);
+        }
         if report.future > 0 {
             tracing::warn!(
                 refused = report.future,
@@ -280,11 +314,15 @@ impl ReplicaService {
         Ok(report)
     }
 
+    /// Merges `records`; with `keep_fresh`, also returns those that changed our state.
+    #[allow(clippy::type_complexity)]
     fn merge_blocking(
         &self,
         records: Vec<(Key, Record)>,
-    ) -> Result<(MergeReport, u64), ServiceError> {
+        keep_fresh: bool,
+    ) -> Result<(MergeReport, u64, Vec<(Key, Record)>), ServiceError> {
         let mut report = MergeReport::default();
+        let mut fresh = Vec::new();
         let mut last_seq = 0;
         let cutoff = self.tombstone_cutoff();
         let refuse_expired = self.may_purge()?;
@@ -313,6 +351,9 @@ impl ReplicaService {
                     last_seq = last_seq.max(applied.seq);
                     if applied.changed {
                         report.applied += 1;
+                        if keep_fresh {
+                            fresh.push((key, applied.record));
+                        }
                     } else {
                         report.ignored += 1;
                     }
@@ -322,7 +363,7 @@ impl ReplicaService {
                 Err(ApplyError::Store(error)) => return Err(error.into()),
             }
         }
-        Ok((report, last_seq))
+        Ok((report, last_seq, fresh))
     }
 }
 
@@ -362,7 +403,7 @@ mod tests {
         let clock = Arc::new(Hlc::new(ManualClock::new(100_000), 1_000));
         let ready = Readiness::new(Phase::Standalone);
         let ttl = TtlRules { tombstone_ttl_ms: 10_000, seeded };
-        let replica = ReplicaService::new(store.clone(), clock, ttl, ready);
+        let replica = ReplicaService::new(store.clone(), clock, ttl, ready, None);
         (dir, store, replica)
     }
 

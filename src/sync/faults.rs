@@ -88,6 +88,11 @@ impl Peer for FaultyPeer {
         self.inner.push(addr, records).await
     }
 
+    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+        self.faults.check(addr).await?;
+        self.inner.push_writes(addr, records).await
+    }
+
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError> {
         self.faults.check(addr).await?;
         self.inner.gossip(addr, members).await

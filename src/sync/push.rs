@@ -1,5 +1,5 @@
-//! Push on write: committed local writes go to every alive peer through one pipeline
-//! per peer. Best effort: anti-entropy repairs whatever a push misses, and nothing is
+//! Push on write: committed local writes go to a bounded random fan-out of alive peers
+//! (see [`push_loop`]) through one pipeline per peer. Best effort: anti-entropy repairs whatever a push misses, and nothing is
 //! missed without being counted ([`PushStats`]).
 //!
 //! A pipeline is a bounded queue and one task that sends whatever has gathered in it,
@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::{Cluster, Member};
 use crate::model::{Key, Record};
-use crate::service::PushStats;
+use crate::service::{Outgoing, PushStats};
 use crate::transport::Peer;
 
 /// Records waiting for one peer at most (about 10 s of a heavy write load); past it,
@@ -109,7 +113,7 @@ async fn send_loop(
             for part in crate::wire::batches(&batch) {
                 let pushed = tokio::select! {
                     _ = stop.cancelled() => return,
-                    pushed = peer.push(addr, part) => pushed,
+                    pushed = peer.push_writes(addr, part) => pushed,
                 };
                 match pushed {
                     Ok(_) => {
@@ -128,40 +132,69 @@ async fn send_loop(
     }
 }
 
-/// Hands committed local writes to one pipeline per alive peer (keyed by id and
-/// address, so a member that moved gets a fresh one), until `stop`.
+/// Hands committed local writes to the pipelines of up to `fanout` alive peers chosen
+/// at random for each batch taken from the outbox (all of them in a cluster no larger
+/// than that), until `stop`. Records a peer pushed that were new here (`relayed`) go
+/// the same way, but only in a cluster larger than the fan-out: there the origin
+/// reached only some peers, and each node passing on what is new to it (at most once
+/// per write, since a second copy changes nothing) carries a write to the rest within a
+/// few hops; a node every copy missed gets it by anti-entropy. In a smaller cluster the
+/// origin reached every peer itself. Pipelines are keyed by id and address, so a member
+/// that moved gets a fresh one.
 pub async fn push_loop(
     cluster: Cluster,
     peer: Arc<dyn Peer>,
-    mut outbox: mpsc::Receiver<(Key, Record)>,
+    mut outbox: mpsc::Receiver<Outgoing>,
+    fanout: usize,
     stats: Arc<PushStats>,
     stop: CancellationToken,
 ) {
     let mut pipelines: HashMap<(uuid::Uuid, String), Pipeline> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut records = Vec::with_capacity(OUTBOX_DRAIN);
+    let mut received = Vec::with_capacity(OUTBOX_DRAIN);
+    let mut rng = StdRng::seed_from_u64(rand::random());
     loop {
-        let received = tokio::select! {
+        let count = tokio::select! {
             _ = stop.cancelled() => break,
-            received = outbox.recv_many(&mut records, OUTBOX_DRAIN) => received,
+            count = outbox.recv_many(&mut received, OUTBOX_DRAIN) => count,
         };
-        if received == 0 {
+        if count == 0 {
             break;
         }
         while tasks.try_join_next().is_some() {}
         let peers = cluster.alive_peers();
         pipelines.retain(|(id, addr), _| peers.iter().any(|m| m.id == *id && m.addr == *addr));
-        for member in peers {
+        let relay = peers.len() > fanout;
+        let records: Vec<(Key, Record)> = received
+            .drain(..)
+            .filter(|outgoing| relay || !outgoing.relayed)
+            .map(|outgoing| {
+                PushStats::add(&stats.relayed_records, usize::from(outgoing.relayed));
+                (outgoing.key, outgoing.record)
+            })
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        for member in fan_out(peers, fanout, &mut rng) {
             let pipeline = pipelines.entry((member.id, member.addr.clone())).or_insert_with(|| {
                 let stop = stop.child_token();
                 Pipeline::start(member.addr.clone(), peer.clone(), stats.clone(), &mut tasks, stop)
             });
             pipeline.offer(&records);
         }
-        records.clear();
     }
     drop(pipelines);
     tasks.shutdown().await;
+}
+
+/// Up to `fanout` of `peers`, chosen at random (all of them when there are no more).
+fn fan_out(mut peers: Vec<Member>, fanout: usize, rng: &mut impl Rng) -> Vec<Member> {
+    if peers.len() > fanout {
+        peers.shuffle(rng);
+        peers.truncate(fanout);
+    }
+    peers
 }
 
 #[cfg(test)]
@@ -252,6 +285,35 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    fn member(n: u128) -> Member {
+        Member {
+            id: uuid::Uuid::from_u128(n),
+            name: format!("n{n}"),
+            addr: format!("127.0.0.1:{}", 1_000 + n),
+            joined_at: 1,
+            heartbeat: 1,
+            state: crate::cluster::MemberState::Alive,
+        }
+    }
+
+    /// A fan-out is that many distinct peers, spread over all of them across batches;
+    /// with no more peers than the fan-out, it is all of them.
+    #[test]
+    fn a_fan_out_is_distinct_random_peers_or_all_when_few() {
+        let peers: Vec<Member> = (0..10).map(member).collect();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut picked = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let chosen = fan_out(peers.clone(), 3, &mut rng);
+            let ids: std::collections::HashSet<_> = chosen.iter().map(|m| m.id).collect();
+            assert_eq!((chosen.len(), ids.len()), (3, 3));
+            picked.extend(ids);
+        }
+        assert_eq!(picked.len(), 10, "every peer is chosen now and then");
+        assert_eq!(fan_out(peers[..3].to_vec(), 3, &mut rng), peers[..3].to_vec());
+        assert_eq!(fan_out(peers[..2].to_vec(), 3, &mut rng).len(), 2);
     }
 
     /// While one push is held, the records that arrive gather into the next one: two

@@ -678,3 +678,80 @@ async fn an_expired_key_does_not_come_back_from_a_node_that_has_not_purged_it() 
         member.node.shutdown().await.unwrap();
     }
 }
+
+/// In a cluster larger than the push fan-out, a write goes to `push_fanout` random
+/// peers, not to all of them; the peers that find it new pass it on, and everything
+/// still converges. In a cluster no larger than the fan-out nobody relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_go_to_a_bounded_fan_out_and_receivers_pass_them_on() {
+    const FANOUT: usize = 2;
+    const WRITES: u64 = 40;
+    let http = client();
+    let with_fanout = |dir: &tempfile::TempDir, seeds| {
+        let mut config = config(dir.path(), seeds, None);
+        config.push_fanout = FANOUT;
+        config
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = with_fanout(&dir, vec![]);
+    let a = start_configured(dir, first, Options::default()).await;
+    let seed = a.node.addr().to_string();
+    let mut members = vec![a];
+    for _ in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_fanout(&dir, vec![seed.clone()]);
+        members.push(start_configured(dir, config, Options::default()).await);
+    }
+    for member in &members {
+        ready(&http, member).await;
+    }
+    eventually("everyone sees four alive peers", CONVERGE, || async {
+        members.iter().all(|m| m.node.cluster().alive_peers().len() == 4).then_some(())
+    })
+    .await;
+
+    for n in 0..WRITES {
+        let body = json!({"todo": format!("fan-out {n}")});
+        create_todo(&http, &members[0], &body).await;
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    converged(&http, &all).await;
+    let push = |info: &Value, field: &str| info["push"][field].as_u64().unwrap();
+    let origin = eventually("the origin's pushes accounted for", CONVERGE, || async {
+        let info = info(&http, &members[0]).await;
+        let done = push(&info, "sent_records") + push(&info, "failed_records");
+        (done >= FANOUT as u64 * WRITES).then_some(info)
+    })
+    .await;
+    assert_eq!(
+        push(&origin, "sent_records") + push(&origin, "failed_records"),
+        FANOUT as u64 * WRITES,
+        "each write went to exactly {FANOUT} of the 4 peers: {origin}"
+    );
+    assert_eq!(push(&origin, "relayed_records"), 0, "the origin's own writes are not relayed");
+    let mut relayed = 0;
+    for member in &members[1..] {
+        relayed += push(&info(&http, member).await, "relayed_records");
+    }
+    assert!(relayed > 0, "no receiver passed a write on");
+    for member in members {
+        member.node.shutdown().await.unwrap();
+    }
+
+    // Three nodes and the default fan-out (8): every peer gets every write from its
+    // origin, and nobody relays.
+    let (http, a, b, c) = three_nodes().await;
+    for n in 0..10 {
+        create_todo(&http, &a, &json!({"todo": format!("small {n}")})).await;
+    }
+    converged(&http, &[&a, &b, &c]).await;
+    eventually("the origin pushed each write to both peers", CONVERGE, || async {
+        let info = info(&http, &a).await;
+        (push(&info, "sent_records") + push(&info, "failed_records") == 20).then_some(())
+    })
+    .await;
+    for member in [a, b, c] {
+        assert_eq!(push(&info(&http, &member).await, "relayed_records"), 0);
+        member.node.shutdown().await.unwrap();
+    }
+}

@@ -89,6 +89,11 @@ async fn metrics_parse_and_count_requests_flushes_records_members_and_rounds() {
     assert!(value(&scraped, "kvs_sync_rounds", &[("outcome", "ok")]).unwrap() >= 1.0);
     assert!(value(&scraped, "kvs_seconds_since_last_sync", &[]).unwrap() < 30.0);
     assert_eq!(value(&scraped, "kvs_push_records_dropped", &[]), Some(0.0));
+    assert_eq!(
+        value(&scraped, "kvs_push_records_relayed", &[]),
+        Some(0.0),
+        "two nodes never relay"
+    );
     assert_eq!(value(&scraped, "kvs_ready", &[]), Some(1.0));
     assert_eq!(value(&scraped, "kvs_storage_writable", &[]), Some(1.0));
     // The peer's pushes: the writes reached it and were counted there as requests.

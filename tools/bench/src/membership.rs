@@ -96,6 +96,16 @@ fn figures_of(report: &SimReport) -> Vec<Figure> {
             report.false_deaths_per_member_hour,
         ),
         Figure::new(
+            &format!("{n} members: false deaths declared by the starved member"),
+            "declarations",
+            report.false_deaths_by_starved as f64,
+        ),
+        Figure::new(
+            &format!("{n} members: false deaths of the starved member"),
+            "declarations",
+            report.false_deaths_of_starved as f64,
+        ),
+        Figure::new(
             &format!("{n} members: live members declared down"),
             "members",
             report.falsely_declared_down as f64,
