@@ -168,11 +168,9 @@ impl Peer for PeerClient {
     async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
         let batch = wire::compress_batch(records);
         let bytes = batch.len();
-        match self.call(addr, "push", batch.clone(), Size::Bulk).await {
+        match self.call(addr, "push", batch, Size::Bulk).await {
             // A peer from before the relay (a rolling upgrade) takes them as a push.
-            Err(PeerError::Status { status: 404, .. }) => {
-                self.call(addr, "records", batch, Size::Bulk).await.map(|_| bytes)
-            }
+            Err(PeerError::Status { status: 404, .. }) => self.push(addr, records).await,
             answered => answered.map(|_| bytes),
         }
     }

@@ -56,6 +56,8 @@ pub struct AppState {
     pub driver: Driver,
     /// Answer reads while not ready (`cluster.serve_stale`).
     pub serve_stale: bool,
+    /// Peers a write is pushed to at most (`cluster.push_fanout`).
+    pub push_fanout: usize,
     /// Who may call `/internal/` (signed requests with a cluster key).
     pub peer_auth: Arc<PeerAuth>,
     /// Peer requests in progress at once (see [`PEER_REQUESTS_AT_ONCE`]).

@@ -1,6 +1,6 @@
 //! Push on write: committed local writes go to a bounded random fan-out of alive peers
-//! (see [`push_loop`]) through one pipeline per peer. Best effort: anti-entropy repairs whatever a push misses, and nothing is
-//! missed without being counted ([`PushStats`]).
+//! (see [`push_loop`]) through one pipeline per peer. Best effort: anti-entropy repairs
+//! whatever a push misses, and nothing is missed without being counted ([`PushStats`]).
 //!
 //! A pipeline is a bounded queue and one task that sends whatever has gathered in it,
 //! one request at a time: while a push is in flight the next batch accumulates, so
