@@ -113,6 +113,11 @@ async fn operators_sync_rounds_and_see_every_members_figures() {
     assert!(rounds.iter().all(|round| round["ok"] == true), "{rounds:?}");
     let from_a = rounds.iter().find(|r| r["peer_addr"] == a.node.addr().to_string()).unwrap();
     assert_eq!(from_a["pulled"], 25, "{from_a}");
+    // The rounds run in parallel: the one with c may already pass on some of a's
+    // records, and c pulls exactly the rest from a.
+    let to_c = rounds.iter().find(|r| r["peer_addr"] == c.node.addr().to_string()).unwrap();
+    let passed_to_c = to_c["pushed"].as_u64().unwrap();
+    assert!(passed_to_c <= 25, "{to_c}");
 
     // c through the CLI, with one peer named.
     let (c_url, a_addr) = (c.base.clone(), a.node.addr().to_string());
@@ -126,7 +131,7 @@ async fn operators_sync_rounds_and_see_every_members_figures() {
     .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["rounds"][0]["pulled"], 25, "{report}");
+    assert_eq!(report["rounds"][0]["pulled"], 25 - passed_to_c, "{report}");
 
     let after = view(&b).await;
     assert_eq!(after["roots_agree"], true, "{after}");
