@@ -158,6 +158,8 @@ pub struct Snapshot {
     pub push_dropped_records: u64,
     pub push_relayed_records: u64,
     pub skewed_timestamps: u64,
+    /// (received, sent) bytes of the membership exchanges this node answered.
+    pub membership_bytes: (u64, u64),
     pub peers: Vec<PeerFigures>,
 }
 
@@ -180,6 +182,11 @@ struct PeerLabels {
 struct OutcomeLabels {
     peer: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionOnlyLabels {
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +246,15 @@ impl Snapshot {
         ] {
             registry.register(name, help, ConstCounter::new(value));
         }
+        let membership: Family<DirectionOnlyLabels, Counter> = Family::default();
+        let (received, sent) = self.membership_bytes;
+        membership.get_or_create(&DirectionOnlyLabels { direction: "received" }).inc_by(received);
+        membership.get_or_create(&DirectionOnlyLabels { direction: "sent" }).inc_by(sent);
+        registry.register(
+            "membership_bytes",
+            "Bytes of the membership exchanges this node answered: requests received, replies sent",
+            membership,
+        );
         let rounds: Family<OutcomeLabels, Counter> = Family::default();
         let requests: Family<PeerLabels, Counter> = Family::default();
         let bytes: Family<PeerLabels, Counter> = Family::default();

@@ -5,6 +5,7 @@ pub mod swim;
 pub mod swim_sim;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use membership::{Member, MemberState, Membership, Timeouts, MAX_MEMBERS};
@@ -17,6 +18,17 @@ use crate::clock::PhysicalClock;
 pub struct Cluster {
     state: Arc<Mutex<State>>,
     physical: Arc<dyn PhysicalClock>,
+    traffic: Arc<Traffic>,
+}
+
+/// Bytes of the membership exchanges this node answered (each exchange is answered by
+/// exactly one node, so the sum over a cluster is all of its membership traffic).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Request bodies received.
+    pub received: AtomicU64,
+    /// Reply bodies sent.
+    pub sent: AtomicU64,
 }
 
 struct State {
@@ -31,6 +43,7 @@ impl Cluster {
         Cluster {
             state: Arc::new(Mutex::new(State { membership, last_sync: BTreeMap::new() })),
             physical,
+            traffic: Arc::default(),
         }
     }
 
@@ -49,6 +62,17 @@ impl Cluster {
         let mut state = self.lock();
         state.membership.merge(remote, first_hand, now);
         state.membership.members()
+    }
+
+    /// Counts an exchange this node answered: `received` request bytes, `sent` reply bytes.
+    pub fn count_answered(&self, received: usize, sent: usize) {
+        self.traffic.received.fetch_add(received as u64, Ordering::Relaxed);
+        self.traffic.sent.fetch_add(sent as u64, Ordering::Relaxed);
+    }
+
+    /// (received, sent) bytes of the membership exchanges this node answered.
+    pub fn answered_bytes(&self) -> (u64, u64) {
+        (self.traffic.received.load(Ordering::Relaxed), self.traffic.sent.load(Ordering::Relaxed))
     }
 
     pub fn tick(&self) {

@@ -220,7 +220,11 @@ pub async fn gossip(
         return Err(bad_peer_body("member list", format!("more than {MAX_MEMBERS} members")));
     }
     let ours = state.cluster.on_gossip(remote, sender.0);
-    let mut response = axum::Json(ours).into_response();
+    let reply = serde_json::to_vec(&ours).map_err(|error| ApiError::Internal(error.to_string()))?;
+    state.cluster.count_answered(body.len(), reply.len());
+    let mut response =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], reply)
+            .into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }

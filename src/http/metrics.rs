@@ -69,6 +69,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         push_dropped_records: PushStats::get(&pushes.dropped_records),
         push_relayed_records: PushStats::get(&pushes.relayed_records),
         skewed_timestamps: data.refused_timestamps,
+        membership_bytes: state.cluster.answered_bytes(),
         peers,
     };
     let text = state.metrics.render(&snapshot);

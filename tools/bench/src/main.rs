@@ -63,6 +63,10 @@ enum Scenario {
     /// One node: creates/s without watchers and with 1,000 watch streams open
     /// (interleaved quarters), the ratio, and whether every watcher got every change
     Watchers,
+    /// 10, 20 and 50 real nodes (5 in a smoke run): all alive, membership bytes/s per
+    /// node, false suspicions and deaths while idle (--seconds), write→visible-on-all
+    /// with a watch stream on every node, time to declare a kill -9-ed node dead
+    Membership,
     /// The SWIM membership core simulated at 50 and 1,000 members (5 % loss, one starved
     /// member): join and failure detection times, false suspicions and deaths, bytes/s
     MembershipSim,
@@ -150,6 +154,7 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Attack,
             Scenario::Secure,
             Scenario::Watchers,
+            Scenario::Membership,
             Scenario::MembershipSim,
         ];
     }
@@ -181,6 +186,7 @@ async fn run(args: Args) -> Result<()> {
                 Scenario::Attack => attack::attack(&settings, &http).await,
                 Scenario::Secure => secure::secure(&settings, &http).await,
                 Scenario::Watchers => watchers::watchers(&settings, &http).await,
+                Scenario::Membership => membership::membership(&settings, &http).await,
                 Scenario::MembershipSim => membership::membership_sim(&settings, run).await,
                 Scenario::All => unreachable!("expanded above"),
             }

@@ -31,6 +31,13 @@ impl Proc {
         Some(kib * 1024)
     }
 
+    /// `kill -9`: no drain, no farewell to the peers.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> Result<()> {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
