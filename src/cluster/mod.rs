@@ -24,11 +24,11 @@ pub struct Cluster {
 /// Bytes of the membership exchanges this node answered (each exchange is answered by
 /// exactly one node, so the sum over a cluster is all of its membership traffic).
 #[derive(Debug, Default)]
-pub struct Traffic {
+struct Traffic {
     /// Request bodies received.
-    pub received: AtomicU64,
+    received: AtomicU64,
     /// Reply bodies sent.
-    pub sent: AtomicU64,
+    sent: AtomicU64,
 }
 
 struct State {

@@ -94,7 +94,7 @@ async fn metrics_parse_and_count_requests_flushes_records_members_and_rounds() {
         Some(0.0),
         "two nodes never relay"
     );
-    // Two members gossip every 200 ms: both directions of the exchanges a answered.
+    // b gossips with a every 50 ms: both directions of the exchanges a answered.
     for direction in ["received", "sent"] {
         let bytes = value(&scraped, "kvs_membership_bytes", &[("direction", direction)]);
         assert!(bytes.unwrap() > 0.0, "{direction}: {bytes:?}");

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kvs::cluster::swim_sim::{self, SimConfig, SimReport};
 use serde_json::{json, Value};
 
@@ -143,12 +143,18 @@ pub async fn membership(settings: &Settings, http: &reqwest::Client) -> Result<V
     let sizes: &[usize] = if smoke { &[5] } else { &[10, 20, 50] };
     let mut figures = Vec::new();
     for &n in sizes {
-        figures.extend(one_size(settings, http, n).await.with_context(|| format!("{n} nodes"))?);
+        let run = one_size(settings, http, n, smoke).await;
+        figures.extend(run.with_context(|| format!("{n} nodes"))?);
     }
     Ok(figures)
 }
 
-async fn one_size(settings: &Settings, http: &reqwest::Client, n: usize) -> Result<Vec<Figure>> {
+async fn one_size(
+    settings: &Settings,
+    http: &reqwest::Client,
+    n: usize,
+    smoke: bool,
+) -> Result<Vec<Figure>> {
     let dirs: Vec<tempfile::TempDir> =
         (0..n).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let seed = procs::start(&settings.kvs, "m0", dirs[0].path(), &[], &[])?;
@@ -193,7 +199,7 @@ async fn one_size(settings: &Settings, http: &reqwest::Client, n: usize) -> Resu
     let per_node = (bytes_after - bytes_before) as f64 / n as f64 / idle_secs;
 
     // A light write load, watched on every node.
-    let writes = if settings.seconds < 1.0 { 20 } else { 100 };
+    let writes = if smoke { 20 } else { 100 };
     let visible = visibility(http, &nodes, writes).await?;
 
     // kill -9 the last node; each survivor's first sight of it dead.
@@ -220,7 +226,6 @@ async fn one_size(settings: &Settings, http: &reqwest::Client, n: usize) -> Resu
     for node in nodes {
         node.stop()?;
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(vec![
         Figure::new(
             &format!("{n} nodes: every node lists all alive"),
@@ -256,7 +261,7 @@ async fn one_size(settings: &Settings, http: &reqwest::Client, n: usize) -> Resu
         Figure::new(
             &format!("{n} nodes: kill -9 declared dead by all"),
             "s",
-            detected.last().map_or(f64::NAN, |d| ms(*d) / 1000.0),
+            detected.last().map_or(f64::NAN, Duration::as_secs_f64),
         ),
         Figure::new(
             &format!("{n} nodes: observers that never declared it dead (60 s)"),
@@ -291,16 +296,17 @@ async fn membership_bytes(http: &reqwest::Client, nodes: &[Proc]) -> Result<u64>
 }
 
 /// `writes` documents, one every 50 ms, each on the next node, with a watch stream open
-/// on every node: for each write, from the request to its event on the last node.
+/// on every node: for each write, from the request to its event on the last node (the
+/// first event each node sent for the key).
 async fn visibility(
     http: &reqwest::Client,
     nodes: &[Proc],
     writes: usize,
 ) -> Result<Vec<Duration>> {
-    let seen: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, HashMap<usize, Instant>>>> = Arc::default();
     let streams = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
     let mut watchers = Vec::new();
-    for node in nodes {
+    for (index, node) in nodes.iter().enumerate() {
         let mut response = streams
             .get(format!("{}/kv?prefix=membership-bench/&watch=true", node.base()))
             .send()
@@ -317,7 +323,8 @@ async fn visibility(
                     let Some(data) = line.strip_prefix("data: ") else { continue };
                     let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
                     if let Some(key) = event["key"].as_str() {
-                        seen.lock().unwrap().entry(key.to_owned()).or_default().push(at);
+                        let mut seen = seen.lock().unwrap();
+                        seen.entry(key.to_owned()).or_default().entry(index).or_insert(at);
                     }
                 }
             }
@@ -335,7 +342,7 @@ async fn visibility(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let complete = |seen: &HashMap<String, Vec<Instant>>| {
+    let complete = |seen: &HashMap<String, HashMap<usize, Instant>>| {
         sent.iter().all(|(key, _)| seen.get(key).is_some_and(|at| at.len() >= nodes.len()))
     };
     while !complete(&seen.lock().unwrap()) && Instant::now() < deadline {
@@ -347,14 +354,14 @@ async fn visibility(
     let seen = seen.lock().unwrap();
     let mut visible = Vec::with_capacity(writes);
     for (key, at) in &sent {
-        let arrivals = seen.get(key).map_or(&[][..], Vec::as_slice);
+        let Some(arrivals) = seen.get(key) else { bail!("{key} reached no node") };
         ensure!(
             arrivals.len() >= nodes.len(),
             "{key} reached {} of {} nodes",
             arrivals.len(),
             nodes.len()
         );
-        let last = arrivals.iter().max().expect("at least one arrival");
+        let last = arrivals.values().max().expect("at least one arrival");
         visible.push(last.saturating_duration_since(*at));
     }
     visible.sort();
