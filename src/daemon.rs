@@ -240,6 +240,12 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         config.gossip_interval,
         shutdown.clone(),
     ));
+    tasks.spawn(gossip::swim_loop(
+        cluster.clone(),
+        peer.clone(),
+        options.physical_clock.now_ms(),
+        shutdown.clone(),
+    ));
     tasks.spawn(sync::anti_entropy_loop(driver.clone(), config.sync_interval, shutdown.clone()));
     tasks.spawn(sync::push_loop(
         cluster.clone(),

@@ -1,21 +1,39 @@
-//! The membership tasks: joining through the seeds, gossip rounds, and the farewell.
+//! The membership tasks: joining through the seeds, the whole-list exchange (gossip
+//! rounds), SWIM's probes and packets, and the farewell.
+//!
+//! Two protocols, one view ([`Cluster`]): SWIM (`cluster::swim`, over
+//! `/internal/v1/swim`) detects failures and spreads joins and deaths with per-node
+//! traffic that does not grow with the cluster; the whole-list exchange (JSON over
+//! `/internal/v1/gossip`) carries addresses, names and leaving, lets a new node learn
+//! everyone from its seed, and heals partitions through the seeds. It runs every
+//! `gossip_interval × ⌈N / 2⌉`, so its traffic per node stays flat as N grows.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::cluster::swim::{Liveness, Output, Swim, SwimId, Timer};
+use crate::cluster::{Cluster, MemberState};
 use crate::service::{Phase, Readiness};
 use crate::sync::Driver;
 use crate::transport::{Peer, PeerError};
 
-/// Every `interval`: age the members, then exchange lists with a random alive peer —
-/// or, every tenth round and whenever nobody is alive, with a seed (which also heals
-/// partitions and lets a standalone node find a cluster that came up later). The
-/// ageing runs on its own schedule: an exchange that hangs is cut off at the interval,
-/// so a silent peer never holds back suspicion of the others.
+/// How much slower than `gossip_interval` the whole-list exchange runs with `members`
+/// listed: ⌈N / 2⌉ (1 up to 3 members), so a list that grows with N is sent less often
+/// and the bytes per node per second stay flat.
+pub fn round_scale(members: usize) -> u64 {
+    (members as u64).div_ceil(2).max(1)
+}
+
+/// Every round (`interval` × [`round_scale`]): age the members SWIM does not track, then
+/// exchange lists with a random alive peer — or, every tenth round and whenever nobody
+/// is alive, with a seed (which also heals partitions and lets a standalone node find a
+/// cluster that came up later). An exchange that hangs is cut off at the interval, so a
+/// silent peer never holds back the rounds.
 pub async fn gossip_loop(
     cluster: Cluster,
     peer: Arc<dyn Peer>,
@@ -27,15 +45,14 @@ pub async fn gossip_loop(
     let me = cluster.me().addr;
     let seeds: Vec<String> = seeds.into_iter().filter(|seed| *seed != me).collect();
     let mut round: usize = 0;
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticks.tick().await;
     loop {
+        let scale = round_scale(cluster.member_count());
+        let every = interval.saturating_mul(scale as u32);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        cluster.tick();
+        cluster.tick(scale);
         round += 1;
         let target = match cluster.random_alive_peer() {
             Some(member) if !round.is_multiple_of(10) || seeds.is_empty() => member.addr,
@@ -53,6 +70,149 @@ pub async fn gossip_loop(
         if readiness.phase() == Phase::Standalone && !cluster.alive_peers().is_empty() {
             tracing::info!("peers found: leaving standalone mode");
             let _ = readiness.advance(Phase::Ready);
+        }
+    }
+}
+
+/// SWIM packets in flight at most; past it a packet is dropped (SWIM tolerates loss).
+const SWIM_SENDS_AT_ONCE: usize = 64;
+/// How often the SWIM task looks for listed members SWIM has not met (or holds down).
+const MEET_EVERY: Duration = Duration::from_millis(250);
+/// A member SWIM has not met (or holds down) is asked to let us in at most this often.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs this node's SWIM member: feeds it the packets peers send (taken from
+/// [`Cluster::take_swim_inbox`]) and its timers, sends what it says to send, and after
+/// every step hands its view to the [`Cluster`]. Every [`MEET_EVERY`] it announces
+/// itself to members the list exchange brought that SWIM has not met, or holds down:
+/// that is how a new node meets everyone, and how both sides of a healed partition
+/// meet again (the one that hears from a member it holds down tells it so, and that
+/// member rejoins as its next life). `epoch`: this process's start (ms), so a restarted
+/// node's identity wins over its previous life's.
+pub async fn swim_loop(cluster: Cluster, peer: Arc<dyn Peer>, epoch: u64, stop: CancellationToken) {
+    let Some(mut packets) = cluster.take_swim_inbox() else {
+        tracing::error!("the SWIM inbox was already taken: membership runs on heartbeats only");
+        return;
+    };
+    let me = cluster.me();
+    let mut swim = Swim::new(
+        SwimId {
+            node: me.id,
+            addr: me.addr,
+            name: me.name,
+            joined_at: me.joined_at,
+            incarnation_epoch: epoch,
+        },
+        rand::random(),
+    );
+    let (due, mut timers) = mpsc::unbounded_channel::<Timer<SwimId>>();
+    let sends = Arc::new(Semaphore::new(SWIM_SENDS_AT_ONCE));
+    let mut pending = tokio::task::JoinSet::new();
+    let mut announced: HashMap<uuid::Uuid, Instant> = HashMap::new();
+    let mut meet = tokio::time::interval(MEET_EVERY);
+    loop {
+        let step = tokio::select! {
+            _ = stop.cancelled() => return,
+            Some(packet) = packets.recv() => swim.handle(&packet),
+            Some(timer) = timers.recv() => swim.timer(timer),
+            _ = meet.tick() => Ok(meet_unmet(&mut swim, &cluster, &mut announced)),
+        };
+        while pending.try_join_next().is_some() {}
+        match step {
+            Ok(outputs) => {
+                for output in outputs {
+                    act(output, &peer, &sends, &due, &mut pending);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "a SWIM packet or timer was refused"),
+        }
+        cluster.apply_swim(&swim.view());
+    }
+}
+
+/// Announces us to the listed members SWIM has no live identity for (each at most every
+/// [`ANNOUNCE_EVERY`]); returns what SWIM says to do.
+fn meet_unmet(
+    swim: &mut Swim,
+    cluster: &Cluster,
+    announced: &mut HashMap<uuid::Uuid, Instant>,
+) -> Vec<Output> {
+    let live: HashSet<uuid::Uuid> = swim
+        .view()
+        .into_iter()
+        .filter(|(_, liveness)| *liveness != Liveness::Down)
+        .map(|(id, _)| id.node)
+        .collect();
+    let me = swim.me().node;
+    let now = Instant::now();
+    let members = cluster.members();
+    announced.retain(|id, at| {
+        now.duration_since(*at) < ANNOUNCE_EVERY && members.iter().any(|m| m.id == *id)
+    });
+    let mut outputs = Vec::new();
+    for member in members {
+        let unmet = member.id != me
+            && member.state != MemberState::Left
+            && !live.contains(&member.id)
+            && !announced.contains_key(&member.id);
+        if !unmet {
+            continue;
+        }
+        announced.insert(member.id, now);
+        // An announce is accepted by whichever life of the member answers at the
+        // address, so the epoch here does not matter.
+        let to = SwimId {
+            node: member.id,
+            addr: member.addr,
+            name: member.name,
+            joined_at: member.joined_at,
+            incarnation_epoch: 0,
+        };
+        match swim.join(to) {
+            Ok(more) => outputs.extend(more),
+            Err(error) => tracing::debug!(%error, "could not announce to a member"),
+        }
+    }
+    outputs
+}
+
+/// Carries out one of SWIM's outputs.
+fn act(
+    output: Output,
+    peer: &Arc<dyn Peer>,
+    sends: &Arc<Semaphore>,
+    due: &mpsc::UnboundedSender<Timer<SwimId>>,
+    pending: &mut tokio::task::JoinSet<()>,
+) {
+    match output {
+        Output::Send { to, packet } => {
+            let Ok(permit) = sends.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %to.addr, "too many SWIM packets in flight: one dropped");
+                return;
+            };
+            let peer = peer.clone();
+            pending.spawn(async move {
+                if let Err(error) = peer.swim(&to.addr, packet).await {
+                    tracing::trace!(peer = %to.addr, %error, "SWIM packet not delivered");
+                }
+                drop(permit);
+            });
+        }
+        Output::Schedule { after, timer } => {
+            let due = due.clone();
+            pending.spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = due.send(timer);
+            });
+        }
+        Output::Up(member) => {
+            tracing::debug!(member = %member.name, addr = %member.addr, "member up")
+        }
+        Output::Down(member) => {
+            tracing::info!(member = %member.name, addr = %member.addr, "member declared down")
+        }
+        Output::ProbeFailed(member) => {
+            tracing::debug!(member = %member.name, addr = %member.addr, "probe failed: member suspect")
         }
     }
 }

@@ -184,6 +184,10 @@ impl Peer for PeerClient {
         })
     }
 
+    async fn swim(&self, addr: &str, packet: Vec<u8>) -> Result<(), PeerError> {
+        self.call(addr, "swim", packet, Size::Small).await.map(drop)
+    }
+
     async fn status(&self, addr: &str) -> Result<NodeStatus, PeerError> {
         let reply = self.call(addr, "status", Vec::new(), Size::Small).await?;
         serde_json::from_slice(&reply).map_err(|error| PeerError::Wire {

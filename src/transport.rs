@@ -56,6 +56,17 @@ pub trait Peer: Send + Sync + 'static {
     /// Sends our member list, returns theirs.
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError>;
 
+    /// Delivers one SWIM packet (best effort, no answer: replies come as packets). A
+    /// transport that does not carry them (the sync simulation) says the peer is
+    /// unreachable, and membership there runs on heartbeats alone.
+    async fn swim(&self, addr: &str, packet: Vec<u8>) -> Result<(), PeerError> {
+        drop(packet);
+        Err(PeerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: "this transport carries no SWIM packets".into(),
+        })
+    }
+
     /// What the peer holds now (for the operators' cluster view, not for sync). A
     /// transport that does not carry it (the simulation) says the peer is unreachable.
     async fn status(&self, addr: &str) -> Result<NodeStatus, PeerError> {

@@ -15,6 +15,15 @@
 //! and gossiped; entries with an over-long name or an address that is not `host:port`
 //! are dropped. Heartbeat arithmetic saturates.
 //!
+//! SWIM (`cluster::swim`) is the failure detector: once SWIM knows a member (it is
+//! *tracked*), SWIM's view alone moves it between alive, suspect and dead
+//! ([`Membership::apply_swim`]), and heartbeats only carry its address, name and
+//! leaving. The heartbeat timeouts judge only members SWIM has not reached yet. So the
+//! whole-list exchange can run slowly (its interval grows with the cluster, see
+//! `gossip::gossip_loop`) without stale heartbeats raising the dead or silence killing
+//! the living. A member that left stays left whatever SWIM says, until its own newer
+//! heartbeat says it is back.
+//!
 //! The clock (`now_ms`) and the randomness are passed in, so every rule is unit-tested.
 
 use std::collections::BTreeMap;
@@ -22,6 +31,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
+
+use super::swim::{Liveness, SwimId};
 
 /// The most members a node holds (and so gossips).
 pub const MAX_MEMBERS: usize = 4_096;
@@ -73,6 +84,8 @@ struct Entry {
     member: Member,
     /// When this member's heartbeat last moved (our clock).
     heard_at_ms: u64,
+    /// SWIM knows this member: its liveness is SWIM's, not the heartbeat timeouts'.
+    tracked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +113,7 @@ impl Membership {
     pub fn new(me: Member, timeouts: Timeouts, now_ms: u64) -> Self {
         let id = NodeId(me.id);
         let mut entries = BTreeMap::new();
-        entries.insert(me.id, Entry { member: me, heard_at_ms: now_ms });
+        entries.insert(me.id, Entry { member: me, heard_at_ms: now_ms, tracked: false });
         Membership { me: id, timeouts, entries, forgotten: BTreeMap::new() }
     }
 
@@ -108,8 +121,9 @@ impl Membership {
         &self.entries[&self.me.0].member
     }
 
-    /// One gossip round: our heartbeat moves, silent members age.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// One gossip round: our heartbeat moves, silent members SWIM does not track age.
+    /// `scale` stretches the suspect and dead timeouts as the rounds slow down.
+    pub fn tick(&mut self, now_ms: u64, scale: u64) {
         let me = self.me.0;
         let timeouts = self.timeouts;
         if let Some(entry) = self.entries.get_mut(&me) {
@@ -126,11 +140,13 @@ impl Membership {
             }
             let silent = now_ms.saturating_sub(entry.heard_at_ms);
             let member = &mut entry.member;
+            let scale = scale.max(1);
             match member.state {
-                MemberState::Alive if silent > timeouts.suspect_after_ms => {
+                _ if entry.tracked => {}
+                MemberState::Alive if silent > timeouts.suspect_after_ms.saturating_mul(scale) => {
                     member.state = MemberState::Suspect
                 }
-                MemberState::Suspect if silent > timeouts.dead_after_ms => {
+                MemberState::Suspect if silent > timeouts.dead_after_ms.saturating_mul(scale) => {
                     member.state = MemberState::Dead
                 }
                 _ => {}
@@ -166,10 +182,13 @@ impl Membership {
                     }
                 }
                 Some(entry) => {
-                    let state = if member.state == MemberState::Left {
-                        MemberState::Left
-                    } else {
-                        MemberState::Alive
+                    // A newer heartbeat: the member is alive (or left) — unless SWIM
+                    // tracks it, which alone decides alive, suspect and dead; a member
+                    // back after leaving is alive again either way.
+                    let state = match (member.state, entry.member.state) {
+                        (MemberState::Left, _) => MemberState::Left,
+                        (_, current) if entry.tracked && current != MemberState::Left => current,
+                        _ => MemberState::Alive,
                     };
                     if own_word {
                         entry.member = Member { state, ..member };
@@ -194,8 +213,62 @@ impl Membership {
                     };
                     self.entries.insert(
                         member.id,
-                        Entry { member: Member { state, ..member }, heard_at_ms: now_ms },
+                        Entry {
+                            member: Member { state, ..member },
+                            heard_at_ms: now_ms,
+                            tracked: false,
+                        },
                     );
+                }
+            }
+        }
+    }
+
+    /// Takes SWIM's view of the members it knows: each one becomes tracked, and its
+    /// state follows SWIM's (alive, suspect, or dead once declared down) unless it left.
+    /// A member SWIM met before gossip did is added (never changed: only a member's own
+    /// word changes its address or name).
+    pub fn apply_swim(&mut self, view: &[(SwimId, Liveness)], now_ms: u64) {
+        for (id, liveness) in view {
+            if id.node == self.me.0 {
+                continue;
+            }
+            let state = match liveness {
+                Liveness::Alive => MemberState::Alive,
+                Liveness::Suspect => MemberState::Suspect,
+                Liveness::Down => MemberState::Dead,
+            };
+            match self.entries.get_mut(&id.node) {
+                Some(entry) => {
+                    entry.tracked = true;
+                    let member = &mut entry.member;
+                    if member.state == MemberState::Left || member.state == state {
+                        continue;
+                    }
+                    if state == MemberState::Dead {
+                        // Forgotten a full `forget_after` after it was declared dead.
+                        entry.heard_at_ms = now_ms;
+                    }
+                    member.state = state;
+                }
+                None => {
+                    let member = Member {
+                        id: id.node,
+                        name: id.name.clone(),
+                        addr: id.addr.clone(),
+                        joined_at: id.joined_at,
+                        heartbeat: 0,
+                        state,
+                    };
+                    if state == MemberState::Dead
+                        || self.entries.len() >= MAX_MEMBERS
+                        || self.forgotten.contains_key(&id.node)
+                        || !well_formed(&member)
+                    {
+                        continue;
+                    }
+                    self.entries
+                        .insert(id.node, Entry { member, heard_at_ms: now_ms, tracked: true });
                 }
             }
         }
@@ -218,6 +291,11 @@ impl Membership {
     /// Everyone we know, ourselves included (what we gossip and show).
     pub fn members(&self) -> Vec<Member> {
         self.entries.values().map(|entry| entry.member.clone()).collect()
+    }
+
+    /// How many members we list, ourselves included (never 0).
+    pub fn count(&self) -> usize {
+        self.entries.len()
     }
 
     /// Peers we may sync with and push to.
@@ -281,18 +359,18 @@ mod tests {
     fn silent_members_become_suspect_then_dead_then_forgotten() {
         let mut ms = Membership::new(member(1, 0), T, 0);
         ms.merge(vec![member(2, 5)], None, 0);
-        ms.tick(500);
+        ms.tick(500, 1);
         assert_eq!(ms.alive_peers().len(), 1);
-        ms.tick(1_500);
+        ms.tick(1_500, 1);
         assert_eq!(ms.members()[1].state, MemberState::Suspect);
         assert!(ms.alive_peers().is_empty());
         // A fresh heartbeat clears the suspicion.
         ms.merge(vec![member(2, 6)], None, 1_600);
         assert_eq!(ms.members()[1].state, MemberState::Alive);
-        ms.tick(3_000);
-        ms.tick(5_000);
+        ms.tick(3_000, 1);
+        ms.tick(5_000, 1);
         assert_eq!(ms.members()[1].state, MemberState::Dead);
-        ms.tick(12_000);
+        ms.tick(12_000, 1);
         assert_eq!(ms.members().len(), 1);
     }
 
@@ -325,7 +403,7 @@ mod tests {
         let mut ms = Membership::new(member(1, 0), T, 0);
         ms.merge(vec![member(2, 5)], None, 0);
         for now in [2_000, 4_000, 15_000] {
-            ms.tick(now);
+            ms.tick(now, 1);
         }
         assert_eq!(ms.members().len(), 1, "forgotten");
         ms.merge(vec![member(2, 5)], None, 15_100);
@@ -361,7 +439,7 @@ mod tests {
         let mut ms = Membership::new(member(1, 0), T, 0);
         ms.merge(vec![member(1, u64::MAX)], None, 0);
         assert_eq!(ms.me().heartbeat, u64::MAX);
-        ms.tick(10);
+        ms.tick(10, 1);
         ms.leave();
         assert_eq!(ms.me().heartbeat, u64::MAX);
     }
@@ -385,7 +463,7 @@ mod tests {
         b.merge(a.members(), None, 10);
         assert_eq!(b.members()[0].state, MemberState::Left);
         assert!(b.alive_peers().is_empty());
-        a.tick(20);
+        a.tick(20, 1);
         assert_eq!(a.me().state, MemberState::Left);
     }
 
@@ -395,5 +473,73 @@ mod tests {
         assert!(ms.random_alive_peer(|_| 0).is_none());
         ms.merge(vec![member(2, 1), member(3, 1)], None, 0);
         assert_eq!(ms.random_alive_peer(|n| n - 1).unwrap().id, uuid::Uuid::from_u128(3));
+    }
+
+    fn swim_id(n: u128) -> SwimId {
+        let m = member(n, 0);
+        SwimId {
+            node: m.id,
+            addr: m.addr,
+            name: m.name,
+            joined_at: m.joined_at,
+            incarnation_epoch: 7,
+        }
+    }
+
+    fn state_of(ms: &Membership, n: u128) -> Option<MemberState> {
+        let id = uuid::Uuid::from_u128(n);
+        ms.members().into_iter().find(|m| m.id == id).map(|m| m.state)
+    }
+
+    /// Once SWIM tracks a member, only SWIM moves it between alive, suspect and dead:
+    /// silence does not kill it, and a stale heartbeat does not raise it.
+    #[test]
+    fn a_member_swim_tracks_lives_and_dies_by_swim_alone() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(2, 5)], None, 0);
+        ms.apply_swim(&[(swim_id(2), Liveness::Alive)], 0);
+        ms.tick(100_000, 1);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Alive), "silence alone does not kill");
+        ms.apply_swim(&[(swim_id(2), Liveness::Suspect)], 100_000);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Suspect));
+        assert!(ms.alive_peers().is_empty());
+        ms.apply_swim(&[(swim_id(2), Liveness::Down)], 101_000);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Dead));
+        // Its last heartbeats, still spreading second-hand, do not raise it.
+        ms.merge(vec![member(2, 9)], None, 101_500);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Dead));
+        // Forgotten a full forget_after after the last news of it.
+        ms.tick(101_500 + T.forget_after_ms, 1);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Dead));
+        ms.tick(101_501 + T.forget_after_ms, 1);
+        assert_eq!(state_of(&ms, 2), None);
+        // Forgotten: SWIM's word alone does not re-add it.
+        ms.apply_swim(&[(swim_id(2), Liveness::Alive)], 111_002 + T.forget_after_ms);
+        assert_eq!(state_of(&ms, 2), None);
+    }
+
+    /// A member that left stays left whatever SWIM says, until its own newer heartbeat
+    /// says it is back; a member SWIM met first is added with SWIM's word for it.
+    #[test]
+    fn left_outranks_swim_and_swim_introduces_members() {
+        let mut ms = Membership::new(member(1, 0), T, 0);
+        ms.merge(vec![member(2, 5)], None, 0);
+        ms.apply_swim(&[(swim_id(2), Liveness::Alive)], 0);
+        ms.merge(vec![Member { state: MemberState::Left, ..member(2, 6) }], None, 10);
+        ms.apply_swim(&[(swim_id(2), Liveness::Alive)], 20);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Left));
+        ms.apply_swim(&[(swim_id(2), Liveness::Down)], 30);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Left));
+        ms.merge(vec![member(2, 7)], Some(uuid::Uuid::from_u128(2)), 40);
+        assert_eq!(state_of(&ms, 2), Some(MemberState::Alive), "back after leaving");
+
+        ms.apply_swim(&[(swim_id(3), Liveness::Alive), (swim_id(4), Liveness::Down)], 50);
+        assert_eq!(state_of(&ms, 3), Some(MemberState::Alive));
+        assert_eq!(state_of(&ms, 4), None, "a member first heard of as down is not added");
+        let three = ms.members().into_iter().find(|m| m.id == uuid::Uuid::from_u128(3)).unwrap();
+        assert_eq!((three.addr.as_str(), three.name.as_str()), ("127.0.0.1:3", "n3"));
+        // Our own entry is ours, whatever SWIM thinks of us.
+        ms.apply_swim(&[(swim_id(1), Liveness::Down)], 60);
+        assert_eq!(state_of(&ms, 1), Some(MemberState::Alive));
     }
 }

@@ -19,7 +19,14 @@ pub struct Cluster {
     state: Arc<Mutex<State>>,
     physical: Arc<dyn PhysicalClock>,
     traffic: Arc<Traffic>,
+    /// SWIM packets from peers, for the membership task (`gossip::swim_loop`).
+    packets: tokio::sync::mpsc::Sender<Vec<u8>>,
+    inbox: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>>>,
 }
+
+/// SWIM packets waiting for the membership task at most; past it they are dropped
+/// (SWIM tolerates loss, and a node this far behind has worse problems).
+pub const SWIM_INBOX: usize = 1_024;
 
 /// Bytes of the membership exchanges this node answered (each exchange is answered by
 /// exactly one node, so the sum over a cluster is all of its membership traffic).
@@ -40,10 +47,13 @@ struct State {
 impl Cluster {
     pub fn new(me: Member, timeouts: Timeouts, physical: Arc<dyn PhysicalClock>) -> Self {
         let membership = Membership::new(me, timeouts, physical.now_ms());
+        let (packets, inbox) = tokio::sync::mpsc::channel(SWIM_INBOX);
         Cluster {
             state: Arc::new(Mutex::new(State { membership, last_sync: BTreeMap::new() })),
             physical,
             traffic: Arc::default(),
+            packets,
+            inbox: Arc::new(Mutex::new(Some(inbox))),
         }
     }
 
@@ -75,9 +85,32 @@ impl Cluster {
         (self.traffic.received.load(Ordering::Relaxed), self.traffic.sent.load(Ordering::Relaxed))
     }
 
-    pub fn tick(&self) {
+    /// Ages the members SWIM does not track; `scale` stretches the heartbeat timeouts.
+    pub fn tick(&self, scale: u64) {
         let now = self.now_ms();
-        self.lock().membership.tick(now);
+        self.lock().membership.tick(now, scale);
+    }
+
+    /// Takes SWIM's view of the members (see [`Membership::apply_swim`]).
+    pub fn apply_swim(&self, view: &[(swim::SwimId, swim::Liveness)]) {
+        let now = self.now_ms();
+        self.lock().membership.apply_swim(view, now);
+    }
+
+    /// Hands a peer's SWIM packet to the membership task; false when it is dropped
+    /// (the task is behind or stopped).
+    pub fn swim_packet(&self, packet: Vec<u8>) -> bool {
+        self.packets.try_send(packet).is_ok()
+    }
+
+    /// The packets [`Cluster::swim_packet`] accepted: taken once, by the membership task.
+    pub fn take_swim_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// How many members we list, ourselves included.
+    pub fn member_count(&self) -> usize {
+        self.lock().membership.count()
     }
 
     pub fn leave(&self) {

@@ -66,6 +66,15 @@ pub enum Output {
     ProbeFailed(SwimId),
 }
 
+/// How SWIM sees a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Some member suspects it; it is still treated as alive until declared down.
+    Suspect,
+    Down,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("membership: {0}")]
 pub struct SwimError(String);
@@ -202,6 +211,31 @@ impl Swim {
 
     pub fn member_count(&self) -> usize {
         self.foca.num_members()
+    }
+
+    /// What SWIM holds of each node it knows, one entry per node: an active identity
+    /// (alive or suspect) wins over identities of it declared down.
+    pub fn view(&self) -> Vec<(SwimId, Liveness)> {
+        let mut view: std::collections::HashMap<uuid::Uuid, (SwimId, Liveness)> =
+            std::collections::HashMap::new();
+        for member in self.foca.iter_membership_state() {
+            let liveness = match member.state() {
+                foca::State::Alive => Liveness::Alive,
+                foca::State::Suspect => Liveness::Suspect,
+                foca::State::Down => Liveness::Down,
+            };
+            let id = member.id();
+            match view.get(&id.node) {
+                Some((_, held)) if *held != Liveness::Down => {}
+                Some((held, Liveness::Down))
+                    if liveness == Liveness::Down
+                        && held.incarnation_epoch >= id.incarnation_epoch => {}
+                _ => {
+                    view.insert(id.node, (id.clone(), liveness));
+                }
+            }
+        }
+        view.into_values().collect()
     }
 
     fn finish(&mut self, result: Result<(), foca::Error>) -> Result<Vec<Output>, SwimError> {
@@ -343,5 +377,23 @@ mod tests {
         assert!(ups.contains(&(id(1), id(2))), "{ups:?}");
         assert!(ups.contains(&(id(2), id(1))), "{ups:?}");
         assert_eq!((a.member_count(), b.member_count()), (1, 1));
+    }
+
+    /// The view has one entry per node: a live identity wins over a life declared down.
+    #[test]
+    fn the_view_prefers_a_live_identity_over_a_dead_life() {
+        let mut a = Swim::new(id(1), 1);
+        let old = id(2);
+        let new = SwimId { incarnation_epoch: 200, ..id(2) };
+        a.know([old.clone(), id(3)]).unwrap();
+        let down = foca::Member::new(old.clone(), 0, foca::State::Down);
+        a.foca.apply_many([down].into_iter(), false, &mut a.runtime).unwrap();
+        let mut view = a.view();
+        view.sort_by_key(|(member, _)| member.node);
+        assert_eq!(view, [(old, Liveness::Down), (id(3), Liveness::Alive)]);
+        a.know([new.clone()]).unwrap();
+        let mut view = a.view();
+        view.sort_by_key(|(member, _)| member.node);
+        assert_eq!(view, [(new, Liveness::Alive), (id(3), Liveness::Alive)]);
     }
 }

@@ -60,7 +60,8 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         )
         .into_response();
     }
-    if request.uri().path() != "/internal/v1/gossip" && !state.services.replica.writable() {
+    let membership = matches!(request.uri().path(), "/internal/v1/gossip" | "/internal/v1/swim");
+    if !membership && !state.services.replica.writable() {
         // Merging needs a writable store; the peer retries on its next round.
         return ApiError::StorageUnavailable.into_response();
     }
@@ -227,4 +228,24 @@ pub async fn gossip(
             .into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// One SWIM packet for the membership task (`gossip::swim_loop`), answered at once with
+/// 202: SWIM's replies travel as packets of their own. A packet the task has no room
+/// for is dropped and answered 429 (SWIM tolerates loss).
+pub async fn swim(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() > crate::cluster::swim::MAX_PACKET_BYTES {
+        return Err(bad_peer_body(
+            "membership packet",
+            format!("over {} bytes", crate::cluster::swim::MAX_PACKET_BYTES),
+        ));
+    }
+    state.cluster.count_answered(body.len(), 0);
+    if !state.cluster.swim_packet(body.to_vec()) {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: 1,
+            limit: crate::cluster::SWIM_INBOX as u32,
+        });
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
 }

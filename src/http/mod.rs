@@ -336,6 +336,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/internal/v1/records", post(internal::records))
         .route("/internal/v1/push", post(internal::push))
         .route("/internal/v1/gossip", post(internal::gossip))
+        .route("/internal/v1/swim", post(internal::swim))
         .route("/internal/v1/sync", post(internal::sync_now))
         .route("/internal/v1/status", post(internal::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::authenticate))

@@ -98,6 +98,11 @@ impl Peer for FaultyPeer {
         self.inner.gossip(addr, members).await
     }
 
+    async fn swim(&self, addr: &str, packet: Vec<u8>) -> Result<(), PeerError> {
+        self.faults.check(addr).await?;
+        self.inner.swim(addr, packet).await
+    }
+
     async fn status(&self, addr: &str) -> Result<crate::transport::NodeStatus, PeerError> {
         self.faults.check(addr).await?;
         self.inner.status(addr).await

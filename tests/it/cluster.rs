@@ -755,3 +755,76 @@ async fn pushes_go_to_a_bounded_fan_out_and_receivers_pass_them_on() {
         member.node.shutdown().await.unwrap();
     }
 }
+
+/// Membership with the whole-list exchange slowed to every 10 s (heartbeat suspicion
+/// would take 50 s, death 150 s): SWIM alone lets b and c meet, finds a crashed node
+/// dead, and after a partition heals brings both sides back alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swim_finds_members_and_failures_without_waiting_for_heartbeats() {
+    let http = client();
+    let slow = |dir: &std::path::Path, seeds: Vec<String>| Config {
+        gossip_interval: Duration::from_secs(10),
+        ..config(dir, seeds, None)
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let config_a = slow(dir_a.path(), vec![]);
+    let a = start_configured(dir_a, config_a, Options::default()).await;
+    let seed = vec![a.node.addr().to_string()];
+    let mut members = vec![a];
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = slow(dir.path(), seed.clone());
+        members.push(start_configured(dir, config, Options::default()).await);
+    }
+    for member in &members {
+        ready(&http, member).await;
+    }
+    // Each joiner's list exchange was with a only: the joiners meet through SWIM.
+    eventually("everyone sees three alive peers", CONVERGE, || async {
+        members.iter().all(|m| m.node.cluster().alive_peers().len() == 3).then_some(())
+    })
+    .await;
+    let id_of = |member: &Member| member.node.identity().node.0;
+    let state = |observer: &Member, of: uuid::Uuid| {
+        let members = observer.node.cluster().members();
+        members.iter().find(|m| m.id == of).map(|m| m.state.as_str())
+    };
+
+    // A partition: d on one side, a, b and c on the other.
+    let d = members.pop().unwrap();
+    let d_addr = d.node.addr().to_string();
+    for member in &members {
+        member.faults.cut(&d_addr);
+        d.faults.cut(&member.node.addr().to_string());
+    }
+    eventually("each side holds the other dead", CONVERGE, || async {
+        let ok = members
+            .iter()
+            .all(|m| state(m, id_of(&d)) == Some("dead") && state(&d, id_of(m)) == Some("dead"));
+        ok.then_some(())
+    })
+    .await;
+    d.faults.heal();
+    for member in &members {
+        member.faults.heal();
+    }
+    eventually("both sides alive again after the heal", CONVERGE, || async {
+        let ok = members
+            .iter()
+            .all(|m| state(m, id_of(&d)) == Some("alive") && state(&d, id_of(m)) == Some("alive"));
+        ok.then_some(())
+    })
+    .await;
+
+    // A crash: no farewell, and no heartbeat timeout near.
+    let c = members.pop().unwrap();
+    let c_id = id_of(&c);
+    c.node.crash().await.unwrap();
+    eventually("the crashed node is declared dead", CONVERGE, || async {
+        members.iter().chain([&d]).all(|m| state(m, c_id) == Some("dead")).then_some(())
+    })
+    .await;
+    for member in members.into_iter().chain([d]) {
+        member.node.shutdown().await.unwrap();
+    }
+}
