@@ -15,6 +15,7 @@ use crate::store::Store;
 pub(super) struct Harness {
     app: Router,
     services: Services,
+    cluster: crate::cluster::Cluster,
     _dir: tempfile::TempDir,
 }
 
@@ -76,7 +77,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     let state = AppState {
         services: services.clone(),
         node,
-        cluster,
+        cluster: cluster.clone(),
         driver,
         serve_stale,
         push_fanout: crate::config::DEFAULT_PUSH_FANOUT,
@@ -90,7 +91,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         renders: Default::default(),
     };
     let app = router(state, max_body);
-    Harness { app, services, _dir: dir }
+    Harness { app, services, cluster, _dir: dir }
 }
 
 pub(super) fn harness() -> Harness {
@@ -660,6 +661,31 @@ async fn internal_routes_refuse_garbage_and_merge_good_batches() {
     assert_eq!(reply.status(), StatusCode::NO_CONTENT);
     let got = h.call(Method::GET, "/kv/from/peer", &[], None).await;
     assert_eq!((got.status, got.body.as_slice()), (StatusCode::OK, &b"{}"[..]));
+}
+
+/// SWIM packets go to the membership task's inbox as sent; one over the packet size is
+/// refused with a problem; past the inbox's room they are refused with 429, not queued.
+#[tokio::test]
+async fn swim_packets_reach_the_inbox_and_floods_are_refused() {
+    let h = harness();
+    let mut inbox = h.cluster.take_swim_inbox().expect("the inbox is there to take");
+    let octets = [("content-type", "application/octet-stream")];
+    let reply = h.call(Method::POST, "/internal/v1/swim", &octets, Some("a packet")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(inbox.try_recv().unwrap(), b"a packet");
+    let huge = "x".repeat(crate::cluster::swim::MAX_PACKET_BYTES + 1);
+    let reply = h.call(Method::POST, "/internal/v1/swim", &octets, Some(&huge)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.json()["detail"].as_str().unwrap().contains("membership packet"));
+    assert!(inbox.try_recv().is_err(), "a refused packet was queued");
+    for _ in 0..crate::cluster::SWIM_INBOX {
+        let reply = h.call(Method::POST, "/internal/v1/swim", &octets, Some("p")).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+    }
+    let reply = h.call(Method::POST, "/internal/v1/swim", &octets, Some("p")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    let (received, _) = h.cluster.answered_bytes();
+    assert_eq!(received, 8 + crate::cluster::SWIM_INBOX as u64 + 1);
 }
 
 #[tokio::test]
