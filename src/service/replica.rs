@@ -278,9 +278,8 @@ impl ReplicaService {
         self.merge_and_relay(records, false).await
     }
 
-    /// Merges writes a peer pushed; those new here are handed to our own pushes (as soon
-    /// as they are merged, before our flush), which pass them on in a cluster larger
-    /// than the push fan-out (`sync::push`).
+    /// Merges writes a peer pushed; those new here are then handed to our own pushes,
+    /// which pass them on in a cluster larger than the push fan-out (`sync::push`).
     /// Each node does so at most once per write (a second copy changes nothing here).
     pub async fn merge_pushed(
         &self,
@@ -302,13 +301,10 @@ impl ReplicaService {
         let merged =
             tokio::task::spawn_blocking(move || replica.merge_blocking(records, keep_fresh)).await;
         let (report, last_seq, fresh) = merged.map_err(|_| ServiceError::Interrupted)??;
-        // Passed on before our own flush: they are the writer's acknowledged (durable)
-        // writes, so passing them on claims nothing about this node's disk, and each hop
-        // of the relay costs a request, not a request and an fsync.
+        self.store.wait_durable(last_seq).await?;
         if let Some((outbox, pushes)) = self.relay.as_ref().filter(|_| !fresh.is_empty()) {
             Outgoing::offer(outbox, pushes, fresh, true);
         }
-        self.store.wait_durable(last_seq).await?;
         if report.future > 0 {
             tracing::warn!(
                 refused = report.future,
