@@ -25,7 +25,7 @@ use crate::transport::{Peer, PeerError};
 /// How much slower than `gossip_interval` the whole-list exchange runs with `members`
 /// listed: ⌈N / 2⌉ (1 up to 3 members), so a list that grows with N is sent less often
 /// and the bytes per node per second stay flat.
-pub fn round_scale(members: usize) -> u64 {
+fn round_scale(members: usize) -> u64 {
     (members as u64).div_ceil(2).max(1)
 }
 
@@ -94,17 +94,9 @@ pub async fn swim_loop(cluster: Cluster, peer: Arc<dyn Peer>, epoch: u64, stop: 
         tracing::error!("the SWIM inbox was already taken: membership runs on heartbeats only");
         return;
     };
-    let me = cluster.me();
-    let mut swim = Swim::new(
-        SwimId {
-            node: me.id,
-            addr: me.addr,
-            name: me.name,
-            joined_at: me.joined_at,
-            incarnation_epoch: epoch,
-        },
-        rand::random(),
-    );
+    let mut swim = Swim::new(SwimId::of(&cluster.me(), epoch), rand::random());
+    // SWIM's view after its last step (it changes only in steps).
+    let mut view = swim.view();
     let (due, mut timers) = mpsc::unbounded_channel::<Timer<SwimId>>();
     let sends = Arc::new(Semaphore::new(SWIM_SENDS_AT_ONCE));
     let mut pending = tokio::task::JoinSet::new();
@@ -115,7 +107,7 @@ pub async fn swim_loop(cluster: Cluster, peer: Arc<dyn Peer>, epoch: u64, stop: 
             _ = stop.cancelled() => return,
             Some(packet) = packets.recv() => swim.handle(&packet),
             Some(timer) = timers.recv() => swim.timer(timer),
-            _ = meet.tick() => Ok(meet_unmet(&mut swim, &cluster, &mut announced)),
+            _ = meet.tick() => Ok(meet_unmet(&mut swim, &view, &cluster, &mut announced)),
         };
         while pending.try_join_next().is_some() {}
         match step {
@@ -126,7 +118,8 @@ pub async fn swim_loop(cluster: Cluster, peer: Arc<dyn Peer>, epoch: u64, stop: 
             }
             Err(error) => tracing::debug!(%error, "a SWIM packet or timer was refused"),
         }
-        cluster.apply_swim(&swim.view());
+        view = swim.view();
+        cluster.apply_swim(&view);
     }
 }
 
@@ -134,12 +127,12 @@ pub async fn swim_loop(cluster: Cluster, peer: Arc<dyn Peer>, epoch: u64, stop: 
 /// [`ANNOUNCE_EVERY`]); returns what SWIM says to do.
 fn meet_unmet(
     swim: &mut Swim,
+    view: &[(SwimId, Liveness)],
     cluster: &Cluster,
     announced: &mut HashMap<uuid::Uuid, Instant>,
 ) -> Vec<Output> {
-    let live: HashSet<uuid::Uuid> = swim
-        .view()
-        .into_iter()
+    let live: HashSet<uuid::Uuid> = view
+        .iter()
         .filter(|(_, liveness)| *liveness != Liveness::Down)
         .map(|(id, _)| id.node)
         .collect();
@@ -161,14 +154,7 @@ fn meet_unmet(
         announced.insert(member.id, now);
         // An announce is accepted by whichever life of the member answers at the
         // address, so the epoch here does not matter.
-        let to = SwimId {
-            node: member.id,
-            addr: member.addr,
-            name: member.name,
-            joined_at: member.joined_at,
-            incarnation_epoch: 0,
-        };
-        match swim.join(to) {
+        match swim.join(SwimId::of(&member, 0)) {
             Ok(more) => outputs.extend(more),
             Err(error) => tracing::debug!(%error, "could not announce to a member"),
         }

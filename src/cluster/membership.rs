@@ -476,14 +476,7 @@ mod tests {
     }
 
     fn swim_id(n: u128) -> SwimId {
-        let m = member(n, 0);
-        SwimId {
-            node: m.id,
-            addr: m.addr,
-            name: m.name,
-            joined_at: m.joined_at,
-            incarnation_epoch: 7,
-        }
+        SwimId::of(&member(n, 0), 7)
     }
 
     fn state_of(ms: &Membership, n: u128) -> Option<MemberState> {

@@ -34,6 +34,19 @@ pub struct SwimId {
     pub incarnation_epoch: u64,
 }
 
+impl SwimId {
+    /// The identity of `member`'s life `incarnation_epoch`.
+    pub fn of(member: &super::Member, incarnation_epoch: u64) -> Self {
+        SwimId {
+            node: member.id,
+            addr: member.addr.clone(),
+            name: member.name.clone(),
+            joined_at: member.joined_at,
+            incarnation_epoch,
+        }
+    }
+}
+
 impl Identity for SwimId {
     type Addr = uuid::Uuid;
 
