@@ -95,6 +95,9 @@ struct Args {
     /// Todos loaded for the scale scenario
     #[arg(long, default_value_t = 100_000)]
     records: usize,
+    /// Cluster sizes for the membership scenario [default: 10, 20 and 50; 5 in a smoke]
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<usize>,
     /// Also write the rows as JSON to this file
     #[arg(long)]
     json: Option<PathBuf>,
@@ -109,6 +112,8 @@ pub struct Settings {
     pub seconds: f64,
     pub propagation_writes: usize,
     pub records: usize,
+    /// Cluster sizes for `membership` (empty: its defaults).
+    pub nodes: Vec<usize>,
 }
 
 #[tokio::main]
@@ -126,6 +131,9 @@ async fn run(args: Args) -> Result<()> {
     if args.runs == 0 || args.clients == 0 || args.records == 0 || args.propagation_writes == 0 {
         bail!("--runs, --clients, --records and --propagation-writes must be at least 1");
     }
+    if args.nodes.iter().any(|&n| n < 2) {
+        bail!("--nodes takes cluster sizes of at least 2 (e.g. --nodes 10,50)");
+    }
     let kvs = match args.kvs {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("kvs"),
@@ -139,6 +147,7 @@ async fn run(args: Args) -> Result<()> {
         seconds: args.seconds,
         propagation_writes: args.propagation_writes,
         records: args.records,
+        nodes: args.nodes,
     };
     let mut scenarios = args.scenarios.clone();
     if scenarios.contains(&Scenario::All) {

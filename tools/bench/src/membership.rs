@@ -140,7 +140,11 @@ fn figures_of(report: &SimReport) -> Vec<Figure> {
 /// `kill -9`-ed node dead (p50 and max of observers).
 pub async fn membership(settings: &Settings, http: &reqwest::Client) -> Result<Vec<Figure>> {
     let smoke = settings.seconds < 1.0;
-    let sizes: &[usize] = if smoke { &[5] } else { &[10, 20, 50] };
+    let sizes: &[usize] = match (&settings.nodes[..], smoke) {
+        ([], true) => &[5],
+        ([], false) => &[10, 20, 50],
+        (chosen, _) => chosen,
+    };
     let mut figures = Vec::new();
     for &n in sizes {
         let run = one_size(settings, http, n, smoke).await;
@@ -200,7 +204,10 @@ async fn one_size(
 
     // A light write load, watched on every node.
     let writes = if smoke { 20 } else { 100 };
+    let requests_before = peer_requests(http, &nodes).await?;
     let visible = visibility(http, &nodes, writes).await?;
+    let requests_per_write =
+        (peer_requests(http, &nodes).await? - requests_before) as f64 / writes as f64;
 
     // kill -9 the last node; each survivor's first sight of it dead.
     let victim = nodes.pop().expect("at least two nodes");
@@ -254,6 +261,11 @@ async fn one_size(
             scenarios::percentile(&visible, 0.99),
         ),
         Figure::new(
+            &format!("{n} nodes: peer requests per write (pushes, anti-entropy, gossip)"),
+            "requests",
+            requests_per_write,
+        ),
+        Figure::new(
             &format!("{n} nodes: kill -9 declared dead, p50 of observers"),
             "s",
             scenarios::percentile(&detected, 0.50) / 1000.0,
@@ -283,12 +295,31 @@ async fn member_states(http: &reqwest::Client, node: &Proc) -> Result<Vec<(Strin
 
 /// The sum over `nodes` of `kvs_membership_bytes_total` (both directions).
 async fn membership_bytes(http: &reqwest::Client, nodes: &[Proc]) -> Result<u64> {
+    metric_sum(http, nodes, |line| line.starts_with("kvs_membership_bytes_total")).await
+}
+
+/// Peer requests the nodes answered, SWIM packets aside (pushes, anti-entropy, gossip).
+async fn peer_requests(http: &reqwest::Client, nodes: &[Proc]) -> Result<u64> {
+    metric_sum(http, nodes, |line| {
+        line.starts_with("kvs_http_requests_total{")
+            && line.contains("route=\"/internal/")
+            && !line.contains("/swim\"")
+    })
+    .await
+}
+
+/// The sum over `nodes` of the metric lines `pick` selects.
+async fn metric_sum(
+    http: &reqwest::Client,
+    nodes: &[Proc],
+    pick: impl Fn(&str) -> bool,
+) -> Result<u64> {
     let mut total = 0.0;
     for node in nodes {
         let text = http.get(format!("{}/metrics", node.base())).send().await?.text().await?;
         total += text
             .lines()
-            .filter(|line| line.starts_with("kvs_membership_bytes_total"))
+            .filter(|line| pick(line))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>();
     }
