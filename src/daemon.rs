@@ -220,7 +220,6 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         cluster: cluster.clone(),
         driver: driver.clone(),
         serve_stale: config.serve_stale,
-        push_fanout: config.push_fanout,
         peer_auth: Arc::new(peer_auth),
         peer_slots: Arc::new(tokio::sync::Semaphore::new(http::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::new(Throttle::default()),

@@ -20,7 +20,7 @@ use crate::cluster::Member;
 use crate::model::{Key, Record};
 use crate::transport::{NodeStatus, Peer, PeerError};
 use crate::wire::{
-    self, Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
+    self, Digest, NodesRequest, Pushed, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -165,12 +165,17 @@ impl Peer for PeerClient {
         self.call(addr, "records", batch, Size::Bulk).await.map(|_| bytes)
     }
 
-    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
-        let batch = wire::compress_batch(records);
-        let bytes = batch.len();
-        match self.call(addr, "push", batch, Size::Bulk).await {
-            // A peer from before the relay (a rolling upgrade) takes them as a push.
-            Err(PeerError::Status { status: 404, .. }) => self.push(addr, records).await,
+    async fn push_writes(&self, addr: &str, writes: &[Pushed]) -> Result<usize, PeerError> {
+        let body = wire::compress_pushed(writes);
+        let bytes = body.len();
+        match self.call(addr, "spread", body, Size::Bulk).await {
+            // A peer from before the spread (a rolling upgrade) merges them as records;
+            // the rest of their span gets them by anti-entropy.
+            Err(PeerError::Status { status: 404, .. }) => {
+                let records: Vec<(Key, Record)> =
+                    writes.iter().map(|(key, record, _)| (key.clone(), record.clone())).collect();
+                self.push(addr, &records).await
+            }
             answered => answered.map(|_| bytes),
         }
     }

@@ -6,7 +6,9 @@
 
 use crate::cluster::Member;
 use crate::model::{Key, Record};
-use crate::wire::{Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest};
+use crate::wire::{
+    Digest, NodesRequest, Pushed, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
@@ -47,10 +49,13 @@ pub trait Peer: Send + Sync + 'static {
     /// Sends records to be merged; returns the bytes of the batch sent.
     async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError>;
 
-    /// Sends fresh writes (push on write): merged like [`Peer::push`], and the peer may
-    /// pass on those new to it. A transport without the distinction sends a push.
-    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
-        self.push(addr, records).await
+    /// Sends fresh writes (push on write): merged like [`Peer::push`], and the peer
+    /// passes on those new to it within their span (`sync::spread`). A transport
+    /// without the distinction sends a push, which is not passed on.
+    async fn push_writes(&self, addr: &str, writes: &[Pushed]) -> Result<usize, PeerError> {
+        let records: Vec<(Key, Record)> =
+            writes.iter().map(|(key, record, _)| (key.clone(), record.clone())).collect();
+        self.push(addr, &records).await
     }
 
     /// Sends our member list, returns theirs.

@@ -14,6 +14,9 @@
 //!   each with the fingerprints of the asker's records in it) → a [`ReconcileReply`]:
 //!   the answerer's records the asker lacks, and which of the asker's it lacks.
 //! - records: `POST /internal/v1/records` with a zstd batch → applied by merge.
+//! - spread: `POST /internal/v1/spread` with zstd [`Pushed`] writes → merged, and those
+//!   new to the receiver passed on within their span (push on write, `sync::spread`).
+//!   `POST /internal/v1/push` takes a plain batch from nodes older than the spread.
 //!
 //! Below the root, node hashes and record fingerprints travel as 4-byte [`Digest`]s: one
 //! of the eight 4-byte windows of the 32-byte hash, picked by the asker at random for
@@ -26,6 +29,7 @@
 use crate::codec::{self, CodecError};
 use crate::merkle::{Hash, DEPTH, FANOUT};
 use crate::model::{Key, KeyError, Record};
+use uuid::Uuid;
 
 pub const VERSION: u8 = 1;
 /// At most this many nodes or segments in one request, digests in one reply.
@@ -66,6 +70,8 @@ pub enum WireError {
     BadDepth { level: u8, depth: u8 },
     #[error("reply does not match its request: {0}")]
     Mismatch(&'static str),
+    #[error("span flag {0} is neither 0 (not passed on) nor 1 (passed on)")]
+    BadFlag(u8),
     #[error("digest window {0} does not exist (there are {WINDOWS})")]
     BadWindow(u8),
     #[error("bad key: {0}")]
@@ -108,6 +114,21 @@ impl<'a> Reader<'a> {
             return Err(WireError::TooMany { what, count, limit });
         }
         Ok(count)
+    }
+
+    /// One record of a batch: key length (u16), key, record length (u32), record.
+    fn record(&mut self) -> Result<(Key, Record), WireError> {
+        let key_len = self.u16("key length")? as usize;
+        let key = Key::from_bytes(self.take(key_len, "key")?)?;
+        let record_len = self.u32("record length")? as usize;
+        if record_len > MAX_RECORD_BYTES {
+            return Err(WireError::TooMany {
+                what: "record byte",
+                count: record_len,
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        Ok((key, codec::decode_record(self.take(record_len, "record")?)?))
     }
 
     fn version(&mut self) -> Result<(), WireError> {
@@ -382,14 +403,18 @@ pub fn encode_batch(records: &[(Key, Record)]) -> Vec<u8> {
     let mut out = vec![VERSION];
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     for (key, record) in records {
-        let key = key.to_bytes();
-        let record = codec::encode_record(record);
-        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-        out.extend_from_slice(&key);
-        out.extend_from_slice(&(record.len() as u32).to_be_bytes());
-        out.extend_from_slice(&record);
+        put_record(&mut out, key, record);
     }
     out
+}
+
+fn put_record(out: &mut Vec<u8>, key: &Key, record: &Record) {
+    let key = key.to_bytes();
+    let record = codec::encode_record(record);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(&key);
+    out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    out.extend_from_slice(&record);
 }
 
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<(Key, Record)>, WireError> {
@@ -398,30 +423,78 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<(Key, Record)>, WireError> {
     let count = reader.count("record", MAX_BATCH_RECORDS)?;
     let mut records = Vec::with_capacity(count.min(4096));
     for _ in 0..count {
-        let key_len = reader.u16("key length")? as usize;
-        let key = Key::from_bytes(reader.take(key_len, "key")?)?;
-        let record_len = reader.u32("record length")? as usize;
-        if record_len > MAX_RECORD_BYTES {
-            return Err(WireError::TooMany {
-                what: "record byte",
-                count: record_len,
-                limit: MAX_RECORD_BYTES,
-            });
-        }
-        let record = codec::decode_record(reader.take(record_len, "record")?)?;
-        records.push((key, record));
+        records.push(reader.record()?);
     }
     reader.finish()?;
     Ok(records)
+}
+
+/// A fresh write as pushed (`POST /internal/v1/spread`): the record, and where the span
+/// of the id ring its receiver passes it on to ends (`sync::spread`); `None`: nowhere.
+pub type Pushed = (Key, Record, Option<Uuid>);
+
+/// Pushed writes, uncompressed: like [`encode_batch`], each record followed by a flag
+/// byte (0: not passed on; 1: passed on) and, after a 1, the span's end (16 bytes).
+pub fn encode_pushed(writes: &[Pushed]) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend_from_slice(&(writes.len() as u32).to_be_bytes());
+    for (key, record, until) in writes {
+        put_record(&mut out, key, record);
+        match until {
+            None => out.push(0),
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(id.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+pub fn decode_pushed(bytes: &[u8]) -> Result<Vec<Pushed>, WireError> {
+    let mut reader = Reader { bytes };
+    reader.version()?;
+    let count = reader.count("record", MAX_BATCH_RECORDS)?;
+    let mut writes = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        let (key, record) = reader.record()?;
+        let until = match reader.u8("span flag")? {
+            0 => None,
+            1 => Some(Uuid::from_slice(reader.take(16, "span end")?).expect("16 bytes")),
+            other => return Err(WireError::BadFlag(other)),
+        };
+        writes.push((key, record, until));
+    }
+    reader.finish()?;
+    Ok(writes)
+}
+
+/// Pushed writes as they travel: zstd-compressed.
+pub fn compress_pushed(writes: &[Pushed]) -> Vec<u8> {
+    codec::compress(&encode_pushed(writes))
+}
+
+pub fn decompress_pushed(bytes: &[u8]) -> Result<Vec<Pushed>, WireError> {
+    decode_pushed(&codec::decompress_capped(bytes, MAX_BATCH_BYTES)?)
 }
 
 /// Splits `records` into consecutive batches of at most [`SEND_BATCH_BYTES`] of keys and
 /// values each (a larger record travels alone), so every batch decodes within
 /// [`MAX_BATCH_BYTES`].
 pub fn batches(records: &[(Key, Record)]) -> Vec<&[(Key, Record)]> {
+    split_by_bytes(records, |(key, record)| (key, record))
+}
+
+/// [`batches`] for pushed writes.
+pub fn pushed_batches(writes: &[Pushed]) -> Vec<&[Pushed]> {
+    split_by_bytes(writes, |(key, record, _)| (key, record))
+}
+
+fn split_by_bytes<T>(records: &[T], parts: impl Fn(&T) -> (&Key, &Record)) -> Vec<&[T]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (at, (key, record)) in records.iter().enumerate() {
+    for (at, item) in records.iter().enumerate() {
+        let (key, record) = parts(item);
         let size = 96 + key.to_bytes().len() + record.live_bytes().map_or(0, <[u8]>::len);
         if at > start && bytes + size > SEND_BATCH_BYTES {
             out.push(&records[start..at]);
@@ -449,7 +522,6 @@ mod tests {
     use super::*;
     use crate::model::{NodeId, Origin, Timestamp, Value, Version};
     use proptest::prelude::*;
-    use uuid::Uuid;
 
     fn arb_entry() -> impl Strategy<Value = (Key, Record)> {
         ("[a-z/]{1,40}", any::<u64>(), any::<u128>(), prop::option::of("[ -~]{0,40}")).prop_map(
@@ -514,9 +586,37 @@ mod tests {
         }
 
         #[test]
+        fn pushed_writes_round_trip(
+            writes in prop::collection::vec(
+                (arb_entry(), prop::option::of(any::<u128>()))
+                    .prop_map(|((key, record), until)| (key, record, until.map(Uuid::from_u128))),
+                0..20,
+            )
+        ) {
+            prop_assert_eq!(decompress_pushed(&compress_pushed(&writes)).unwrap(), writes);
+        }
+
+        #[test]
+        fn a_pushed_body_that_is_cut_short_or_flagged_wrong_is_refused(
+            entry in arb_entry(),
+            until in any::<u128>(),
+            flag in 2u8..,
+        ) {
+            let encoded = encode_pushed(&[(entry.0, entry.1, Some(Uuid::from_u128(until)))]);
+            for cut in 0..encoded.len() {
+                prop_assert!(decode_pushed(&encoded[..cut]).is_err(), "cut at {}", cut);
+            }
+            let mut flagged = encoded.clone();
+            let at = flagged.len() - 17;
+            flagged[at] = flag;
+            prop_assert!(matches!(decode_pushed(&flagged), Err(WireError::BadFlag(f)) if f == flag));
+        }
+
+        #[test]
         fn garbage_is_refused_not_panicked_on(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_batch(&bytes);
             let _ = decompress_batch(&bytes);
+            let _ = decode_pushed(&bytes);
             let _ = NodesRequest::decode(&bytes);
             let _ = RootRequest::decode(&bytes);
             let _ = RootReply::decode(&bytes);

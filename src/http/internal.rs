@@ -162,16 +162,10 @@ pub async fn records(State(state): State<AppState>, body: Bytes) -> Result<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Fresh writes a peer pushed. Those new here are passed on only in a cluster larger
-/// than the push fan-out: in a smaller one their origin reached every peer itself, and
-/// queueing them would only crowd our own writes out of the outbox.
-pub async fn push(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let replica = &state.services.replica;
-    if state.cluster.alive_peers().len() > state.push_fanout {
-        receiver::pushed(replica, body.to_vec()).await?;
-    } else {
-        receiver::records(replica, body.to_vec()).await?;
-    }
+/// Fresh writes a peer pushed, each with the span of the ring it is passed on to
+/// (`sync::spread`): those new here are passed on.
+pub async fn spread(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+    receiver::pushed(&state.services.replica, body.to_vec()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

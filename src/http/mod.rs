@@ -56,8 +56,6 @@ pub struct AppState {
     pub driver: Driver,
     /// Answer reads while not ready (`cluster.serve_stale`).
     pub serve_stale: bool,
-    /// Peers a write is pushed to at most (`cluster.push_fanout`).
-    pub push_fanout: usize,
     /// Who may call `/internal/` (signed requests with a cluster key).
     pub peer_auth: Arc<PeerAuth>,
     /// Peer requests in progress at once (see [`PEER_REQUESTS_AT_ONCE`]).
@@ -334,7 +332,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/internal/v1/nodes", post(internal::nodes))
         .route("/internal/v1/reconcile", post(internal::reconcile))
         .route("/internal/v1/records", post(internal::records))
-        .route("/internal/v1/push", post(internal::push))
+        // From nodes older than the spread: their pushes, merged and not passed on.
+        .route("/internal/v1/push", post(internal::records))
+        .route("/internal/v1/spread", post(internal::spread))
         .route("/internal/v1/gossip", post(internal::gossip))
         .route("/internal/v1/swim", post(internal::swim))
         .route("/internal/v1/sync", post(internal::sync_now))

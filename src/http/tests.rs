@@ -80,7 +80,6 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         cluster: cluster.clone(),
         driver,
         serve_stale,
-        push_fanout: crate::config::DEFAULT_PUSH_FANOUT,
         peer_auth: Arc::new(crate::auth::PeerAuth::Open),
         peer_slots: Arc::new(tokio::sync::Semaphore::new(super::PEER_REQUESTS_AT_ONCE)),
         warnings: Arc::default(),

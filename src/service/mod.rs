@@ -79,28 +79,29 @@ impl IfMatch {
     }
 }
 
-/// A record for the pusher (`sync::push`): a committed local write, or a record a peer
-/// pushed that was new here (`relayed`), which the pusher passes on only in a cluster
-/// larger than the push fan-out.
+/// A record for the pusher (`sync::push`): a committed local write, or a write a peer
+/// pushed that was new here, to be passed on within its span of the id ring
+/// (`sync::spread`).
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub key: Key,
     pub record: Record,
-    pub relayed: bool,
+    /// `None` for a local write (it goes to the whole ring); for a pushed write, the
+    /// end of the span we pass it on to.
+    pub relay_until: Option<uuid::Uuid>,
 }
 
 impl Outgoing {
-    /// Queues `records` for the pusher without waiting; what does not fit is counted as
-    /// dropped (anti-entropy carries it).
+    /// Queues `records` (with their `relay_until`) for the pusher without waiting; what
+    /// does not fit is counted as dropped (anti-entropy carries it).
     fn offer(
         outbox: &mpsc::Sender<Outgoing>,
         pushes: &PushStats,
-        records: impl IntoIterator<Item = (Key, Record)>,
-        relayed: bool,
+        records: impl IntoIterator<Item = (Key, Record, Option<uuid::Uuid>)>,
     ) {
         let mut dropped = 0;
-        for (key, record) in records {
-            if outbox.try_send(Outgoing { key, record, relayed }).is_err() {
+        for (key, record, relay_until) in records {
+            if outbox.try_send(Outgoing { key, record, relay_until }).is_err() {
                 dropped += 1;
             }
         }
@@ -137,8 +138,9 @@ pub struct PushStats {
     /// Records not queued because a queue was full (the outbox, or a peer's
     /// pipeline): anti-entropy carries them.
     pub dropped_records: AtomicU64,
-    /// Records a peer pushed that were new here and were passed on to our own
-    /// fan-out (counted once per record; only in a cluster larger than the fan-out).
+    /// Records a peer pushed that were new here and that we passed on within their
+    /// span of the ring (counted once per record; only in a cluster larger than the
+    /// fan-out, where the origin does not reach every peer itself).
     pub relayed_records: AtomicU64,
 }
 
@@ -166,7 +168,7 @@ impl Writer {
     /// Hands a durable local write to the pusher, never blocking the client.
     fn announce(&self, key: Key, record: Record) {
         if let Some(outbox) = &self.outbox {
-            Outgoing::offer(outbox, &self.pushes, [(key, record)], false);
+            Outgoing::offer(outbox, &self.pushes, [(key, record, None)]);
         }
     }
 

@@ -275,35 +275,41 @@ impl ReplicaService {
     /// Validates the whole batch, then merges it on the blocking pool and waits until
     /// it is durable. See [`MergeReport`] for what is refused.
     pub async fn merge(&self, records: Vec<(Key, Record)>) -> Result<MergeReport, ServiceError> {
-        self.merge_and_relay(records, false).await
+        self.merge_and_relay(records, Vec::new()).await
     }
 
-    /// Merges writes a peer pushed; those new here are then handed to our own pushes,
-    /// which pass them on in a cluster larger than the push fan-out (`sync::push`).
-    /// Each node does so at most once per write (a second copy changes nothing here).
+    /// Merges writes a peer pushed; those new here that carry a span are then handed to
+    /// our own pushes, which pass them on within it (`sync::spread`). A second copy of a
+    /// write changes nothing here, so it is never passed on twice.
     pub async fn merge_pushed(
         &self,
-        records: Vec<(Key, Record)>,
+        writes: Vec<wire::Pushed>,
     ) -> Result<MergeReport, ServiceError> {
-        self.merge_and_relay(records, true).await
+        let (records, spans) =
+            writes.into_iter().map(|(key, record, until)| ((key, record), until)).unzip();
+        self.merge_and_relay(records, spans).await
     }
 
+    /// Merges `records`; `spans` (empty, or one per record) says which are passed on.
     async fn merge_and_relay(
         &self,
         records: Vec<(Key, Record)>,
-        relay: bool,
+        spans: Vec<Option<uuid::Uuid>>,
     ) -> Result<MergeReport, ServiceError> {
         for (key, record) in &records {
             validate(key, record)?;
         }
         let replica = self.clone();
-        let keep_fresh = relay && self.relay.is_some();
+        let keep_fresh = self.relay.is_some() && spans.iter().any(Option::is_some);
         let merged =
             tokio::task::spawn_blocking(move || replica.merge_blocking(records, keep_fresh)).await;
         let (report, last_seq, fresh) = merged.map_err(|_| ServiceError::Interrupted)??;
         self.store.wait_durable(last_seq).await?;
         if let Some((outbox, pushes)) = self.relay.as_ref().filter(|_| !fresh.is_empty()) {
-            Outgoing::offer(outbox, pushes, fresh, true);
+            let relayed = fresh.into_iter().filter_map(|(at, key, record)| {
+                spans.get(at).copied().flatten().map(|until| (key, record, Some(until)))
+            });
+            Outgoing::offer(outbox, pushes, relayed);
         }
         if report.future > 0 {
             tracing::warn!(
@@ -314,13 +320,14 @@ impl ReplicaService {
         Ok(report)
     }
 
-    /// Merges `records`; with `keep_fresh`, also returns those that changed our state.
+    /// Merges `records`; with `keep_fresh`, also returns those that changed our state
+    /// (with their place in `records`).
     #[allow(clippy::type_complexity)]
     fn merge_blocking(
         &self,
         records: Vec<(Key, Record)>,
         keep_fresh: bool,
-    ) -> Result<(MergeReport, u64, Vec<(Key, Record)>), ServiceError> {
+    ) -> Result<(MergeReport, u64, Vec<(usize, Key, Record)>), ServiceError> {
         let mut report = MergeReport::default();
         let mut fresh = Vec::new();
         let mut last_seq = 0;
@@ -334,7 +341,7 @@ impl ReplicaService {
         }
         let horizon = Timestamp::from_parts(self.store.purge_horizon()?, 0);
         let now_ms = self.now_ms();
-        for (key, record) in records {
+        for (at, (key, record)) in records.into_iter().enumerate() {
             // A write that is already due arrives as what it now is: its expired form.
             let record = if record.is_due(now_ms) { record.expired() } else { record };
             if let Observation::Refused { .. } = self.clock.observe(record.version.ts) {
@@ -352,7 +359,7 @@ impl ReplicaService {
                     if applied.changed {
                         report.applied += 1;
                         if keep_fresh {
-                            fresh.push((key, applied.record));
+                            fresh.push((at, key, applied.record));
                         }
                     } else {
                         report.ignored += 1;

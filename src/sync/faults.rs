@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::cluster::Member;
 use crate::model::{Key, Record};
 use crate::transport::{Peer, PeerError};
-use crate::wire::{Digest, NodesRequest, ReconcileReply, ReconcileRequest, RootReply, RootRequest};
+use crate::wire::{
+    Digest, NodesRequest, Pushed, ReconcileReply, ReconcileRequest, RootReply, RootRequest,
+};
 
 /// How long a black-holed call hangs before it fails as a timeout would.
 pub const BLACK_HOLE: Duration = Duration::from_secs(2);
@@ -88,9 +90,9 @@ impl Peer for FaultyPeer {
         self.inner.push(addr, records).await
     }
 
-    async fn push_writes(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+    async fn push_writes(&self, addr: &str, writes: &[Pushed]) -> Result<usize, PeerError> {
         self.faults.check(addr).await?;
-        self.inner.push_writes(addr, records).await
+        self.inner.push_writes(addr, writes).await
     }
 
     async fn gossip(&self, addr: &str, members: &[Member]) -> Result<Vec<Member>, PeerError> {

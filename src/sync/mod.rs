@@ -7,7 +7,8 @@
 //!   peers in parallel (bounded), a rebase excluding every other round; the anti-entropy
 //!   loop, the join's first round and the operator's `sync?peer=` all go through it.
 //! - [`receiver`]: the serving side (what `/internal/v1/*` answers), below `http`.
-//! - [`push`]: committed local writes to peers at once (best effort).
+//! - [`push`]: committed local writes to peers at once (best effort), along
+//!   [`spread`]: a tree over the id ring, so each peer gets a write once.
 //! - [`faults`]: a transport wrapper that injects faults, for tests.
 //!
 //! Everything talks to peers through [`crate::transport::Peer`].
@@ -18,6 +19,7 @@ pub mod push;
 pub mod receiver;
 pub mod round;
 pub mod rules;
+pub mod spread;
 
 pub use driver::{anti_entropy_loop, Driver};
 pub use push::push_loop;

@@ -1,6 +1,7 @@
-//! Push on write: committed local writes go to a bounded random fan-out of alive peers
-//! (see [`push_loop`]) through one pipeline per peer. Best effort: anti-entropy repairs
-//! whatever a push misses, and nothing is missed without being counted ([`PushStats`]).
+//! Push on write: committed local writes go to the alive peers along a tree over the
+//! id ring (see [`push_loop`] and `spread`), each peer through its own pipeline. Best
+//! effort: anti-entropy repairs whatever a push misses, and nothing is missed without
+//! being counted ([`PushStats`]).
 //!
 //! A pipeline is a bounded queue and one task that sends whatever has gathered in it,
 //! one request at a time: while a push is in flight the next batch accumulates, so
@@ -15,14 +16,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use uuid::Uuid;
 
-use crate::cluster::{Cluster, Member};
-use crate::model::{Key, Record};
+use super::spread;
+use crate::cluster::Cluster;
 use crate::service::{Outgoing, PushStats};
 use crate::transport::Peer;
+use crate::wire::Pushed;
 
 /// Records waiting for one peer at most (about 10 s of a heavy write load); past it,
 /// new records for that peer are dropped and counted.
@@ -38,7 +38,7 @@ const OUTBOX_DRAIN: usize = 4_096;
 struct Pipeline {
     addr: String,
     stats: Arc<PushStats>,
-    queue: Arc<Mutex<VecDeque<(Key, Record)>>>,
+    queue: Arc<Mutex<VecDeque<Pushed>>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
     /// Whether this pipeline is dropping records (logged when that starts).
@@ -62,12 +62,13 @@ impl Pipeline {
     }
 
     /// Queues `records`, counting what does not fit.
-    fn offer(&mut self, records: &[(Key, Record)]) {
+    fn offer(&mut self, records: impl ExactSizeIterator<Item = Pushed>) {
         let dropped = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             let room = PEER_QUEUE_RECORDS.saturating_sub(queue.len());
-            queue.extend(records.iter().take(room).cloned());
-            records.len().saturating_sub(room)
+            let offered = records.len();
+            queue.extend(records.take(room));
+            offered.saturating_sub(room)
         };
         if dropped > 0 {
             PushStats::add(&self.stats.dropped_records, dropped);
@@ -90,7 +91,7 @@ impl Drop for Pipeline {
 async fn send_loop(
     addr: &str,
     peer: &dyn Peer,
-    queue: &Mutex<VecDeque<(Key, Record)>>,
+    queue: &Mutex<VecDeque<Pushed>>,
     wake: &Notify,
     stats: &PushStats,
     stop: &CancellationToken,
@@ -101,7 +102,7 @@ async fn send_loop(
             _ = wake.notified() => {}
         }
         loop {
-            let batch: Vec<(Key, Record)> = {
+            let batch: Vec<Pushed> = {
                 let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
                 let take = queue.len().min(PUSH_BATCH);
                 queue.drain(..take).collect()
@@ -110,7 +111,7 @@ async fn send_loop(
                 break;
             }
             let mut sent = 0;
-            for part in crate::wire::batches(&batch) {
+            for part in crate::wire::pushed_batches(&batch) {
                 let pushed = tokio::select! {
                     _ = stop.cancelled() => return,
                     pushed = peer.push_writes(addr, part) => pushed,
@@ -132,15 +133,12 @@ async fn send_loop(
     }
 }
 
-/// Hands committed local writes to the pipelines of up to `fanout` alive peers chosen
-/// at random for each batch taken from the outbox (all of them in a cluster no larger
-/// than that), until `stop`. Records a peer pushed that were new here (`relayed`) go
-/// the same way, but only in a cluster larger than the fan-out: there the origin
-/// reached only some peers, and each node passing on what is new to it (at most once
-/// per write, since a second copy changes nothing) carries a write to the rest within a
-/// few hops; a node every copy missed gets it by anti-entropy. In a smaller cluster the
-/// origin reached every peer itself. Pipelines are keyed by id and address, so a member
-/// that moved gets a fresh one.
+/// Hands committed local writes, and writes peers pushed that were new here, to the
+/// pipelines of their next hops until `stop`: a local write goes to the whole ring, a
+/// pushed one to the span of it its sender named (`spread::hops`, at most `fanout`
+/// peers each). In a cluster no larger than the fan-out, the origin reaches every peer
+/// itself and nobody passes anything on. Pipelines are keyed by id and address, so a
+/// member that moved gets a fresh one.
 pub async fn push_loop(
     cluster: Cluster,
     peer: Arc<dyn Peer>,
@@ -149,10 +147,10 @@ pub async fn push_loop(
     stats: Arc<PushStats>,
     stop: CancellationToken,
 ) {
-    let mut pipelines: HashMap<(uuid::Uuid, String), Pipeline> = HashMap::new();
+    let me = cluster.me().id;
+    let mut pipelines: HashMap<(Uuid, String), Pipeline> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut received = Vec::with_capacity(OUTBOX_DRAIN);
-    let mut rng = StdRng::seed_from_u64(rand::random());
     loop {
         let count = tokio::select! {
             _ = stop.cancelled() => break,
@@ -164,47 +162,41 @@ pub async fn push_loop(
         while tasks.try_join_next().is_some() {}
         let peers = cluster.alive_peers();
         pipelines.retain(|(id, addr), _| peers.iter().any(|m| m.id == *id && m.addr == *addr));
-        let relay = peers.len() > fanout;
-        let records: Vec<(Key, Record)> = received
-            .drain(..)
-            .filter(|outgoing| relay || !outgoing.relayed)
-            .map(|outgoing| {
-                PushStats::add(&stats.relayed_records, usize::from(outgoing.relayed));
-                (outgoing.key, outgoing.record)
-            })
-            .collect();
-        if records.is_empty() {
-            continue;
+        // One tree per span: our own writes share one, relayed ones one per sender's span.
+        let mut by_span: HashMap<Option<Uuid>, Vec<Outgoing>> = HashMap::new();
+        for outgoing in received.drain(..) {
+            by_span.entry(outgoing.relay_until).or_default().push(outgoing);
         }
-        for member in fan_out(peers, fanout, &mut rng) {
-            let pipeline = pipelines.entry((member.id, member.addr.clone())).or_insert_with(|| {
-                let stop = stop.child_token();
-                Pipeline::start(member.addr.clone(), peer.clone(), stats.clone(), &mut tasks, stop)
-            });
-            pipeline.offer(&records);
+        for (relay_until, records) in by_span {
+            let hops = spread::hops(me, relay_until.unwrap_or(me), &peers, fanout);
+            if relay_until.is_some() && !hops.is_empty() {
+                PushStats::add(&stats.relayed_records, records.len());
+            }
+            for hop in hops {
+                let key = (hop.member.id, hop.member.addr.clone());
+                let pipeline = pipelines.entry(key).or_insert_with(|| {
+                    let stop = stop.child_token();
+                    let addr = hop.member.addr.clone();
+                    Pipeline::start(addr, peer.clone(), stats.clone(), &mut tasks, stop)
+                });
+                pipeline.offer(
+                    records.iter().map(|out| (out.key.clone(), out.record.clone(), hop.until)),
+                );
+            }
         }
     }
     drop(pipelines);
     tasks.shutdown().await;
 }
 
-/// Up to `fanout` of `peers`, chosen at random (all of them when there are no more).
-fn fan_out(mut peers: Vec<Member>, fanout: usize, rng: &mut impl Rng) -> Vec<Member> {
-    if peers.len() > fanout {
-        peers.shuffle(rng);
-        peers.truncate(fanout);
-    }
-    peers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeId, Origin, Timestamp, Value, Version};
+    use crate::model::{Key, NodeId, Origin, Record, Timestamp, Value, Version};
     use crate::transport::PeerError;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn record(n: u64) -> (Key, Record) {
+    fn record(n: u64) -> Pushed {
         let version = Version {
             ts: Timestamp::from_parts(n + 1, 0),
             origin: Origin { node: NodeId(uuid::Uuid::from_u128(1)), joined_at: 1 },
@@ -213,6 +205,7 @@ mod tests {
         (
             Key::doc(&format!("k{n}")).unwrap(),
             Record { version, value: Value::Live(b"1".to_vec()), expires_at: None },
+            None,
         )
     }
 
@@ -287,35 +280,6 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
-    fn member(n: u128) -> Member {
-        Member {
-            id: uuid::Uuid::from_u128(n),
-            name: format!("n{n}"),
-            addr: format!("127.0.0.1:{}", 1_000 + n),
-            joined_at: 1,
-            heartbeat: 1,
-            state: crate::cluster::MemberState::Alive,
-        }
-    }
-
-    /// A fan-out is that many distinct peers, spread over all of them across batches;
-    /// with no more peers than the fan-out, it is all of them.
-    #[test]
-    fn a_fan_out_is_distinct_random_peers_or_all_when_few() {
-        let peers: Vec<Member> = (0..10).map(member).collect();
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut picked = std::collections::HashSet::new();
-        for _ in 0..200 {
-            let chosen = fan_out(peers.clone(), 3, &mut rng);
-            let ids: std::collections::HashSet<_> = chosen.iter().map(|m| m.id).collect();
-            assert_eq!((chosen.len(), ids.len()), (3, 3));
-            picked.extend(ids);
-        }
-        assert_eq!(picked.len(), 10, "every peer is chosen now and then");
-        assert_eq!(fan_out(peers[..3].to_vec(), 3, &mut rng), peers[..3].to_vec());
-        assert_eq!(fan_out(peers[..2].to_vec(), 3, &mut rng).len(), 2);
-    }
-
     /// While one push is held, the records that arrive gather into the next one: two
     /// requests carry 1 + 999 records, not 1,000 requests.
     #[tokio::test]
@@ -326,10 +290,10 @@ mod tests {
         let stop = CancellationToken::new();
         let dyn_peer: Arc<dyn Peer> = peer.clone();
         let mut pipeline = Pipeline::start("p:1".into(), dyn_peer, stats.clone(), &mut tasks, stop);
-        pipeline.offer(&[record(0)]);
+        pipeline.offer([record(0)].into_iter());
         until("the first push to start", || pipeline.queue.lock().unwrap().is_empty()).await;
         for n in 1..1_000 {
-            pipeline.offer(&[record(n)]);
+            pipeline.offer([record(n)].into_iter());
         }
         peer.gate.add_permits(2);
         until("both pushes", || PushStats::get(&stats.sent_records) == 1_000).await;
@@ -356,7 +320,7 @@ mod tests {
         let records: Vec<_> = (0..1_000).map(record).collect();
         let offers = PEER_QUEUE_RECORDS / 1_000 + 20;
         for _ in 0..offers {
-            pipeline.offer(&records);
+            pipeline.offer(records.iter().cloned());
         }
         let offered = offers * 1_000;
         let dropped = PushStats::get(&stats.dropped_records) as usize;

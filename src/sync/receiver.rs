@@ -56,27 +56,26 @@ pub async fn reconcile(replica: &ReplicaService, body: Vec<u8>) -> Result<Vec<u8
 
 /// Decompresses (on the blocking pool) and merges a record batch.
 pub async fn records(replica: &ReplicaService, body: Vec<u8>) -> Result<MergeReport, ReceiveError> {
-    receive_batch(replica, body, false).await
-}
-
-/// Like [`records`], for fresh writes a peer pushed: those new here are passed on.
-pub async fn pushed(replica: &ReplicaService, body: Vec<u8>) -> Result<MergeReport, ReceiveError> {
-    receive_batch(replica, body, true).await
-}
-
-async fn receive_batch(
-    replica: &ReplicaService,
-    body: Vec<u8>,
-    pushed: bool,
-) -> Result<MergeReport, ReceiveError> {
     replica.note_peer()?;
     let decoded = tokio::task::spawn_blocking(move || wire::decompress_batch(&body)).await;
     let records =
         decoded.map_err(|_| ServiceError::Interrupted)?.map_err(|e| bad("record batch", e))?;
-    let merged =
-        if pushed { replica.merge_pushed(records).await } else { replica.merge(records).await };
-    merged.map_err(|error| match error {
-        ServiceError::Invalid(field) => bad("record batch", field.message),
+    replica.merge(records).await.map_err(|error| refused("record batch", error))
+}
+
+/// Decompresses and merges fresh writes a peer pushed ([`wire::Pushed`]); those new
+/// here are passed on within their span (`sync::spread`).
+pub async fn pushed(replica: &ReplicaService, body: Vec<u8>) -> Result<MergeReport, ReceiveError> {
+    replica.note_peer()?;
+    let decoded = tokio::task::spawn_blocking(move || wire::decompress_pushed(&body)).await;
+    let writes =
+        decoded.map_err(|_| ServiceError::Interrupted)?.map_err(|e| bad("pushed writes", e))?;
+    replica.merge_pushed(writes).await.map_err(|error| refused("pushed writes", error))
+}
+
+fn refused(what: &'static str, error: ServiceError) -> ReceiveError {
+    match error {
+        ServiceError::Invalid(field) => bad(what, field.message),
         other => ReceiveError::Service(other),
-    })
+    }
 }
