@@ -265,6 +265,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     raise_open_file_limit();
+    disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -292,6 +293,18 @@ fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
+/// Turns transparent huge pages off for this process, as Redis and MongoDB advise for
+/// theirs. mimalloc asks for huge pages on its arenas, returns freed memory to the
+/// kernel after 10 ms, and each later allocation there faults in and zeroes a whole
+/// 2 MiB page: with 50 nodes on two cores, that zeroing was 23 % of the CPU (perf) and
+/// put a write's visibility on all nodes at p99 0.9–1.6 s instead of 51 ms.
+fn disable_transparent_huge_pages() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(%error, "cannot turn transparent huge pages off");
     }
 }
 

@@ -15,7 +15,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("zstd", &["codec.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
     ("rlimit", &["main.rs"]),
-    ("rustix", &["store/fault.rs"]),
+    // The process set-up (open files, huge pages) lives in main.rs; the disk in the store.
+    ("rustix", &["store/fault.rs", "main.rs"]),
     ("hyper", &["http/"]),
     ("hyper_util", &["http/"]),
     ("tracing_subscriber", &["telemetry.rs"]),
