@@ -27,54 +27,53 @@ const BUFFER: usize = 16;
 /// missed; it can resume with `Last-Event-ID`).
 const STALLED: Duration = Duration::from_secs(30);
 
-/// A stream writes at most once per this interval: what arrives meanwhile goes out in
-/// the next write. Under a write load, a thousand streams each writing every flush group
-/// cost the node a thousand syscalls and wakes per flush; this bounds them, for at most
-/// this much added delay.
+/// A stream wakes (and writes) at most once per this interval: what arrives meanwhile
+/// goes out in the next write. Under a write load, a thousand streams each waking for
+/// every flush group — to write, or to find nothing in their scope — cost the node a
+/// thousand wakes and syscalls per flush; this bounds them, for at most this much added
+/// delay.
 const COALESCE: Duration = Duration::from_millis(50);
-/// How many recent renders a node keeps for its watchers.
+/// How many recent renders a node keeps (slots of a ring indexed by change number).
 const RENDERS_KEPT: usize = 4_096;
 
 /// The SSE text of recent changes, rendered once and shared by every watcher: with a
 /// thousand streams open, rendering each change per watcher was most of the node's CPU
 /// (perf: JSON building and escaping, RFC 3339 and UUID formatting). Change numbers are
-/// per node, so each node has its own ([`AppState::renders`]).
-#[derive(Default)]
+/// per node, so each node has its own ([`AppState::renders`]). A ring of slots, each its
+/// own lock, so watchers on both workers rarely meet (a shared hash map under one lock
+/// was the next hot spot: hashing and a contended mutex, per change per watcher).
 pub struct Renders {
-    recent: std::sync::Mutex<RenderMap>,
+    slots: Box<[std::sync::Mutex<Slot>]>,
 }
 
-#[derive(Default)]
-struct RenderMap {
-    by_id: std::collections::HashMap<u64, Bytes>,
-    /// Insertion order, for eviction.
-    order: std::collections::VecDeque<u64>,
+/// A change number and its event text.
+type Slot = Option<(u64, Bytes)>;
+
+impl Default for Renders {
+    fn default() -> Self {
+        Renders { slots: (0..RENDERS_KEPT).map(|_| std::sync::Mutex::new(None)).collect() }
+    }
 }
 
 impl Renders {
     /// The event text of `change`, rendered now if no watcher rendered it before.
     fn event(&self, change: &Change) -> Bytes {
-        if let Some(text) = self.lock().by_id.get(&change.id) {
-            return text.clone();
-        }
-        // Rendered outside the lock; two watchers racing both render, one insert wins.
-        let (op, data) = render(&watch::event(change));
-        let text = Bytes::from(format!("id: {}\nevent: {op}\ndata: {data}\n\n", change.id));
-        let mut recent = self.lock();
-        if recent.by_id.insert(change.id, text.clone()).is_none() {
-            recent.order.push_back(change.id);
-            while recent.order.len() > RENDERS_KEPT {
-                if let Some(old) = recent.order.pop_front() {
-                    recent.by_id.remove(&old);
-                }
+        let slot = &self.slots[(change.id % RENDERS_KEPT as u64) as usize];
+        if let Some((id, text)) = &*lock(slot) {
+            if *id == change.id {
+                return text.clone();
             }
         }
+        // Rendered outside the lock; two watchers racing both render, the last one stays.
+        let (op, data) = render(&watch::event(change));
+        let text = Bytes::from(format!("id: {}\nevent: {op}\ndata: {data}\n\n", change.id));
+        *lock(slot) = Some((change.id, text.clone()));
         text
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, RenderMap> {
-        self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The `Last-Event-ID` request header: 400 when it is not a change number.
@@ -102,10 +101,11 @@ pub fn respond(
     let stop = state.shutdown.clone();
     let renders = state.renders.clone();
     tokio::spawn(async move {
-        let mut next_write = tokio::time::Instant::now();
+        let mut next_wake = tokio::time::Instant::now();
+        let mut keep_alive = next_wake + KEEP_ALIVE;
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(next_write) => {}
+                () = tokio::time::sleep_until(next_wake) => {}
                 () = tx.closed() => return,
             }
             let events = tokio::select! {
@@ -115,13 +115,17 @@ pub fn respond(
                     let _ = tx.try_send(Ok(closed("the node is shutting down")));
                     return;
                 }
-                () = tokio::time::sleep(KEEP_ALIVE) => {
+                () = tokio::time::sleep_until(keep_alive) => {
                     if tx.try_send(Ok(Bytes::from_static(b":\n\n"))).is_err() && tx.is_closed() {
                         return;
                     }
+                    keep_alive = tokio::time::Instant::now() + KEEP_ALIVE;
                     continue;
                 }
             };
+            // At most one wake-up per COALESCE, whether or not it took a change in scope:
+            // what comes meanwhile waits in the live queue and is taken at once.
+            next_wake = tokio::time::Instant::now() + COALESCE;
             let events = match events {
                 Ok(events) => events,
                 Err(end) => {
@@ -151,7 +155,7 @@ pub fn respond(
                 }
             };
             match tokio::time::timeout(STALLED, tx.send(Ok(chunk))).await {
-                Ok(Ok(())) => next_write = tokio::time::Instant::now() + COALESCE,
+                Ok(Ok(())) => keep_alive = tokio::time::Instant::now() + KEEP_ALIVE,
                 Ok(Err(_)) => return, // the client went away
                 Err(_) => {
                     tracing::debug!("a watcher took nothing for 30 s: disconnected");
@@ -216,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_is_rendered_once_as_one_sse_event_and_old_renders_are_dropped() {
+    fn a_change_is_rendered_once_as_one_sse_event_until_a_later_one_takes_its_slot() {
         let renders = Renders::default();
         let first = renders.event(&change(7, Some(r#"{"n":1}"#)));
         let text = std::str::from_utf8(&first).unwrap();
@@ -232,11 +236,11 @@ mod tests {
         assert_eq!(again.as_ptr(), first.as_ptr());
         let delete = renders.event(&change(8, None));
         assert!(delete.starts_with(b"id: 8\nevent: delete\n"));
-        for id in 9..(RENDERS_KEPT as u64 + 20) {
-            renders.event(&change(id, Some("1")));
-        }
-        let kept = renders.lock();
-        assert_eq!((kept.by_id.len(), kept.order.len()), (RENDERS_KEPT, RENDERS_KEPT));
-        assert!(!kept.by_id.contains_key(&7));
+        // A change RENDERS_KEPT later takes the slot: the old one is rendered anew.
+        let later = renders.event(&change(7 + RENDERS_KEPT as u64, Some("1")));
+        assert!(later.starts_with(format!("id: {}\n", 7 + RENDERS_KEPT).as_bytes()));
+        let seven = renders.event(&change(7, Some(r#"{"n":1}"#)));
+        assert_eq!(seven, first, "the same text");
+        assert_ne!(seven.as_ptr(), first.as_ptr(), "rendered again: its slot was taken");
     }
 }

@@ -103,47 +103,30 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The next changes in scope, in order (waits until there is one). They are shared,
-    /// not copied: a thousand watchers of one change hold one change.
+    /// The changes in scope among the next ones taken, in order: waits until there is a
+    /// change, in scope or not, and is empty when none was in scope — so a caller that
+    /// paces its wake-ups is not woken by every change outside its scope. They are
+    /// shared, not copied: a thousand watchers of one change hold one change.
+    ///
+    /// Live changes already queued come first (the cheap path: shared, no read), then
+    /// the log when the queue skipped some (a lag), else the next live batch when it
+    /// comes.
     pub async fn next(&mut self) -> Result<Vec<Arc<Change>>, WatchEnd> {
-        loop {
-            let mut changes = self.take().await?;
-            changes.retain(|change| self.in_scope(&change.key));
-            if !changes.is_empty() {
-                return Ok(changes);
-            }
-        }
-    }
-
-    fn in_scope(&self, key: &Key) -> bool {
-        match (&self.scope, key) {
-            (Scope::Todos, Key::Todo(_)) => true,
-            (Scope::Docs { prefix }, Key::Doc(path)) => path.starts_with(prefix.as_str()),
-            _ => false,
-        }
-    }
-
-    /// The next changes after `last`: live ones already queued first (the cheap path:
-    /// shared, no read), from the log when the queue skipped some (a lag), else the next
-    /// live one when it comes.
-    async fn take(&mut self) -> Result<Vec<Arc<Change>>, WatchEnd> {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let before = self.last;
+        let mut taken = Vec::new();
         loop {
-            let mut queued = Vec::new();
             let mut gap = false;
-            loop {
+            while !gap {
                 match self.live.try_recv() {
-                    Ok(batch) => gap |= !self.follow(&batch, &mut queued),
+                    Ok(batch) => gap = !self.follow(&batch, &mut taken),
                     Err(TryRecvError::Lagged(_)) => gap = true,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => return Err(WatchEnd::Closed),
                 }
-                if gap {
-                    break;
-                }
             }
-            if !queued.is_empty() {
-                return Ok(queued);
+            if self.last != before {
+                return Ok(taken);
             }
             if gap || self.store.last_change() > self.last {
                 let store = self.store.clone();
@@ -158,28 +141,36 @@ impl Watch {
                     }
                     Some(_) => {
                         self.last = batch.last().map_or(self.last, |change| change.id);
-                        return Ok(batch.into_iter().map(Arc::new).collect());
+                        let in_scope = batch.into_iter().filter(|c| self.in_scope(&c.key));
+                        return Ok(in_scope.map(Arc::new).collect());
                     }
                     None => {}
                 }
             }
             match self.live.recv().await {
-                Ok(batch) => {
-                    let mut taken = Vec::new();
-                    // A batch ahead of us (after a lag) leaves the gap to the log.
-                    self.follow(&batch, &mut taken);
-                    if !taken.is_empty() {
-                        return Ok(taken);
-                    }
-                }
+                // A batch ahead of us (after a lag) leaves the gap to the log.
+                Ok(batch) => _ = self.follow(&batch, &mut taken),
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return Err(WatchEnd::Closed),
+            }
+            if self.last != before {
+                return Ok(taken);
             }
         }
     }
 
-    /// Takes the changes of `batch` that follow `last` into `taken`; false when the batch
-    /// starts past `last + 1` (changes were skipped: the log has them).
+    fn in_scope(&self, key: &Key) -> bool {
+        match (&self.scope, key) {
+            (Scope::Todos, Key::Todo(_)) => true,
+            (Scope::Docs { prefix }, Key::Doc(path)) => path.starts_with(prefix.as_str()),
+            _ => false,
+        }
+    }
+
+    /// Takes the changes of `batch` that follow `last`, and puts those in scope into
+    /// `taken` (shared: the only copy is of the pointer, and only for those in scope);
+    /// false when the batch starts past `last + 1` (changes were skipped: the log has
+    /// them).
     fn follow(&mut self, batch: &ChangeBatch, taken: &mut Vec<Arc<Change>>) -> bool {
         for change in batch.iter() {
             if change.id <= self.last {
@@ -189,7 +180,9 @@ impl Watch {
                 return false;
             }
             self.last = change.id;
-            taken.push(change.clone());
+            if self.in_scope(&change.key) {
+                taken.push(change.clone());
+            }
         }
         true
     }
