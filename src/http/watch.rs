@@ -27,12 +27,6 @@ const BUFFER: usize = 16;
 /// missed; it can resume with `Last-Event-ID`).
 const STALLED: Duration = Duration::from_secs(30);
 
-/// A stream wakes (and writes) at most once per this interval: what arrives meanwhile
-/// goes out in the next write. Under a write load, a thousand streams each waking for
-/// every flush group — to write, or to find nothing in their scope — cost the node a
-/// thousand wakes and syscalls per flush; this bounds them, for at most this much added
-/// delay.
-const COALESCE: Duration = Duration::from_millis(50);
 /// How many recent renders a node keeps (slots of a ring indexed by change number).
 const RENDERS_KEPT: usize = 4_096;
 
@@ -44,6 +38,9 @@ const RENDERS_KEPT: usize = 4_096;
 /// was the next hot spot: hashing and a contended mutex, per change per watcher).
 pub struct Renders {
     slots: Box<[std::sync::Mutex<Slot>]>,
+    /// The text of the last complete run of changes joined (first and last number): the
+    /// watchers that take a whole paced batch all send these same bytes.
+    run: std::sync::Mutex<Option<(u64, u64, Bytes)>>,
 }
 
 /// A change number and its event text.
@@ -51,11 +48,39 @@ type Slot = Option<(u64, Bytes)>;
 
 impl Default for Renders {
     fn default() -> Self {
-        Renders { slots: (0..RENDERS_KEPT).map(|_| std::sync::Mutex::new(None)).collect() }
+        let slots = (0..RENDERS_KEPT).map(|_| std::sync::Mutex::new(None)).collect();
+        Renders { slots, run: std::sync::Mutex::new(None) }
     }
 }
 
 impl Renders {
+    /// The text of `changes` (in order) as one chunk; `None` when there are none. A
+    /// complete run of numbers (every change from the first to the last) has the same
+    /// text for every watcher that takes it, so the last one is joined once and shared.
+    fn chunk(&self, changes: &[&Change]) -> Option<Bytes> {
+        let (first, last) = (changes.first()?.id, changes.last()?.id);
+        if changes.len() == 1 {
+            return Some(self.event(changes[0]));
+        }
+        let complete = last - first + 1 == changes.len() as u64;
+        if complete {
+            if let Some((a, b, text)) = &*lock(&self.run) {
+                if (*a, *b) == (first, last) {
+                    return Some(text.clone());
+                }
+            }
+        }
+        let mut joined = Vec::new();
+        for change in changes {
+            joined.extend_from_slice(&self.event(change));
+        }
+        let joined = Bytes::from(joined);
+        if complete {
+            *lock(&self.run) = Some((first, last, joined.clone()));
+        }
+        Some(joined)
+    }
+
     /// The event text of `change`, rendered now if no watcher rendered it before.
     fn event(&self, change: &Change) -> Bytes {
         let slot = &self.slots[(change.id % RENDERS_KEPT as u64) as usize];
@@ -101,13 +126,11 @@ pub fn respond(
     let stop = state.shutdown.clone();
     let renders = state.renders.clone();
     tokio::spawn(async move {
-        let mut next_wake = tokio::time::Instant::now();
-        let mut keep_alive = next_wake + KEEP_ALIVE;
+        // One timer for the stream's life, moved on by each write (not one per wake-up).
+        let keep_alive = tokio::time::sleep(KEEP_ALIVE);
+        tokio::pin!(keep_alive);
         loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(next_wake) => {}
-                () = tx.closed() => return,
-            }
+            // Wakes once per paced batch (`service::watch::PACE`), in scope or not.
             let events = tokio::select! {
                 events = watch.next() => events,
                 () = tx.closed() => return,
@@ -115,17 +138,14 @@ pub fn respond(
                     let _ = tx.try_send(Ok(closed("the node is shutting down")));
                     return;
                 }
-                () = tokio::time::sleep_until(keep_alive) => {
+                () = &mut keep_alive => {
                     if tx.try_send(Ok(Bytes::from_static(b":\n\n"))).is_err() && tx.is_closed() {
                         return;
                     }
-                    keep_alive = tokio::time::Instant::now() + KEEP_ALIVE;
+                    keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
                     continue;
                 }
             };
-            // At most one wake-up per COALESCE, whether or not it took a change in scope:
-            // what comes meanwhile waits in the live queue and is taken at once.
-            next_wake = tokio::time::Instant::now() + COALESCE;
             let events = match events {
                 Ok(events) => events,
                 Err(end) => {
@@ -134,28 +154,21 @@ pub fn respond(
                     return;
                 }
             };
-            // Everything this wake-up took goes out as one chunk: one write for the
-            // connection however many changes the flush held.
-            let mut texts = events
+            let shown: Vec<&Change> = events
                 .iter()
+                .map(|change| &**change)
                 .filter(|change| match &change.key {
                     Key::Doc(path) => visible(path),
                     Key::Todo(_) => true,
                 })
-                .map(|change| renders.event(change));
-            let chunk = match (texts.next(), texts.next()) {
-                (None, _) => continue,
-                (Some(only), None) => only,
-                (Some(first), Some(second)) => {
-                    let mut joined = Vec::with_capacity(4 * first.len());
-                    for text in [first, second].into_iter().chain(texts) {
-                        joined.extend_from_slice(&text);
-                    }
-                    Bytes::from(joined)
-                }
-            };
+                .collect();
+            // Everything this wake-up took goes out as one chunk: one write for the
+            // connection however many changes the batch held.
+            let Some(chunk) = renders.chunk(&shown) else { continue };
             match tokio::time::timeout(STALLED, tx.send(Ok(chunk))).await {
-                Ok(Ok(())) => keep_alive = tokio::time::Instant::now() + KEEP_ALIVE,
+                Ok(Ok(())) => {
+                    keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
+                }
                 Ok(Err(_)) => return, // the client went away
                 Err(_) => {
                     tracing::debug!("a watcher took nothing for 30 s: disconnected");
@@ -242,5 +255,24 @@ mod tests {
         let seven = renders.event(&change(7, Some(r#"{"n":1}"#)));
         assert_eq!(seven, first, "the same text");
         assert_ne!(seven.as_ptr(), first.as_ptr(), "rendered again: its slot was taken");
+    }
+
+    #[test]
+    fn a_complete_run_of_changes_is_joined_once_and_a_run_with_holes_is_not_shared() {
+        let renders = Renders::default();
+        assert!(renders.chunk(&[]).is_none());
+        let run: Vec<Change> = (10..14).map(|id| change(id, Some("1"))).collect();
+        let refs: Vec<&Change> = run.iter().collect();
+        let first = renders.chunk(&refs).unwrap();
+        let text = std::str::from_utf8(&first).unwrap();
+        let ids: Vec<&str> = text.lines().filter(|l| l.starts_with("id: ")).collect();
+        assert_eq!(ids, ["id: 10", "id: 11", "id: 12", "id: 13"]);
+        let again = renders.chunk(&refs).unwrap();
+        assert_eq!(again.as_ptr(), first.as_ptr(), "the second watcher shares the bytes");
+        // A watcher whose scope skipped 11 gets its own text, and the shared run stays.
+        let holes = [refs[0], refs[2], refs[3]];
+        let own = renders.chunk(&holes).unwrap();
+        assert!(!std::str::from_utf8(&own).unwrap().contains("id: 11\n"));
+        assert_eq!(renders.chunk(&refs).unwrap().as_ptr(), first.as_ptr());
     }
 }

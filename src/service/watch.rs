@@ -3,7 +3,11 @@
 //! become durable. A watcher never slows a writer: a live queue it does not drain makes it
 //! catch up from the log, and one the log no longer covers ends with [`WatchEnd::FellBehind`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use uuid::Uuid;
 
@@ -62,21 +66,33 @@ pub enum WatchEnd {
 /// Changes read from the log per step.
 const LOG_BATCH: usize = 256;
 
+/// Watchers get the changes of this long in one batch (the first after a quiet spell at
+/// once): a thousand watchers cost a wake-up each per interval, not one per flush, and all
+/// of them take the same batch (so its text can be rendered once for all).
+pub const PACE: Duration = Duration::from_millis(50);
+
+/// Paced batches kept for watchers that have not taken them (about 13 s of them): one
+/// further behind catches up from the log.
+const PACED_BACKLOG: usize = 256;
+
 #[derive(Clone)]
 pub struct ChangeFeed {
     store: Store,
+    /// The paced feed, started by the first watch (it needs the runtime); weak, so the
+    /// pacer's end (the store's feed closed) closes every watch.
+    paced: Arc<OnceLock<broadcast::WeakSender<ChangeBatch>>>,
 }
 
 impl ChangeFeed {
     pub(super) fn new(store: Store) -> ChangeFeed {
-        ChangeFeed { store }
+        ChangeFeed { store, paced: Arc::default() }
     }
 
     /// A watch of `scope` from now, or resumed after change `after`.
     pub fn watch(&self, scope: Scope, after: Option<u64>) -> Result<Watch, WatchError> {
         // Subscribed first, so nothing published between the check and the first read
         // is missed (what the log also holds is skipped by number).
-        let live = self.store.subscribe_changes();
+        let live = self.subscribe();
         let newest = self.store.last_change();
         let last = match after {
             None => newest,
@@ -90,15 +106,64 @@ impl ChangeFeed {
             }
             Some(asked) => asked,
         };
-        Ok(Watch { store: self.store.clone(), live, last, scope })
+        Ok(Watch { store: self.store.clone(), live, last, catch_up_to: newest, scope })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ChangeBatch> {
+        let weak = self.paced.get_or_init(|| {
+            let (paced, _) = broadcast::channel(PACED_BACKLOG);
+            tokio::spawn(pace(self.store.subscribe_changes(), paced.clone()));
+            paced.downgrade()
+        });
+        match weak.upgrade() {
+            Some(paced) => paced.subscribe(),
+            // The pacer ended with the store: a feed that is closed already.
+            None => broadcast::channel(1).1,
+        }
+    }
+}
+
+/// Republishes the store's batches (one per flush) as one batch per [`PACE`]: the first
+/// batch after a quiet spell goes out at once, what comes within `PACE` of the last send
+/// goes out together at its end. Changes stay in order; a lag here leaves a gap in the
+/// numbers, which watchers fill from the log.
+async fn pace(mut raw: broadcast::Receiver<ChangeBatch>, paced: broadcast::Sender<ChangeBatch>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last_send = Instant::now() - PACE;
+    loop {
+        let mut merged: Vec<Arc<Change>> = match raw.recv().await {
+            Ok(batch) => batch.to_vec(),
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let due = tokio::time::sleep_until(last_send + PACE);
+        tokio::pin!(due);
+        let closed = loop {
+            tokio::select! {
+                biased;
+                () = &mut due => break false,
+                batch = raw.recv() => match batch {
+                    Ok(batch) => merged.extend(batch.iter().cloned()),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break true,
+                },
+            }
+        };
+        let _ = paced.send(Arc::new(merged)); // no watcher: nothing to do
+        last_send = Instant::now();
+        if closed {
+            return;
+        }
     }
 }
 
 pub struct Watch {
     store: Store,
-    live: tokio::sync::broadcast::Receiver<ChangeBatch>,
+    live: broadcast::Receiver<ChangeBatch>,
     /// The number of the last change taken (whether or not it was in scope).
     last: u64,
+    /// Read the log until `last` reaches this (resuming, or after a gap in the live feed).
+    catch_up_to: u64,
     scope: Scope,
 }
 
@@ -128,7 +193,10 @@ impl Watch {
             if self.last != before {
                 return Ok(taken);
             }
-            if gap || self.store.last_change() > self.last {
+            if gap {
+                self.catch_up_to = self.catch_up_to.max(self.store.last_change());
+            }
+            if self.last < self.catch_up_to {
                 let store = self.store.clone();
                 let after = self.last;
                 let batch =
