@@ -60,8 +60,9 @@ enum Scenario {
     /// One plain node and one with TLS and tokens required, same run: creates/s and
     /// gets/s on each (interleaved quarters), p99, and the secure/plain ratios
     Secure,
-    /// One node: creates/s without watchers and with 1,000 watch streams open
-    /// (interleaved quarters), the ratio, and whether every watcher got every change
+    /// One node: creates/s with no watcher, 1,000 watchers of every write and 1,000 of
+    /// other keys (interleaved sixths), the ratios, and whether every watcher got every
+    /// change
     Watchers,
     /// 10, 20 and 50 real nodes (5 in a smoke run): all alive, membership bytes/s per
     /// node, false suspicions and deaths while idle (--seconds), write→visible-on-all
