@@ -1,6 +1,7 @@
 //! Byte framing for disk and wire: the record encoding (with a format version byte)
 //! and zstd with a capped output. Every decode here is checked; nothing trusts lengths.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use uuid::Uuid;
@@ -135,14 +136,55 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
     Ok(Record { version: decode_version(header.version), value, expires_at: header.expires_at })
 }
 
-/// zstd at a fast level (wire batches are compressed once and sent once).
+/// zstd's level for wire batches: fast (they are compressed once and sent once).
+const LEVEL: i32 = 3;
+
+thread_local! {
+    // A zstd context is hundreds of kilobytes to set up; a profile of the cluster write
+    // path showed a fresh one per push (compressing) and per received batch
+    // (decompressing). Each thread keeps one of each instead.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// zstd at a fast level, with this thread's context.
 pub fn compress(bytes: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(bytes, 3).expect("compressing into a growable buffer cannot fail")
+    COMPRESSOR
+        .with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = zstd::bulk::Compressor::new(LEVEL).ok();
+            }
+            match slot {
+                Some(compressor) => compressor.compress(bytes).ok(),
+                None => None,
+            }
+        })
+        .unwrap_or_else(|| {
+            zstd::bulk::compress(bytes, LEVEL)
+                .expect("compressing into a growable buffer cannot fail")
+        })
 }
 
 /// Decompresses at most `limit` bytes; a payload that would expand past it is refused
 /// before it is fully inflated, so a zip bomb costs at most `limit` bytes of memory.
+///
+/// When the frames say how big they inflate to (ours always do) and that fits, it is
+/// one call into this thread's context with exactly that much room (a frame that lies
+/// about its size fails as corrupt); otherwise the stream is read through a cap.
 pub fn decompress_capped(bytes: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    if let Some(size) = zstd::bulk::Decompressor::upper_bound(bytes).filter(|&n| n <= limit) {
+        let done = DECOMPRESSOR.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = zstd::bulk::Decompressor::new().ok();
+            }
+            slot.as_mut().map(|decompressor| decompressor.decompress(bytes, size))
+        });
+        if let Some(done) = done {
+            return done.map_err(|e| CodecError::Decompress(e.to_string()));
+        }
+    }
     let decoder = zstd::stream::read::Decoder::new(bytes)
         .map_err(|e| CodecError::Decompress(e.to_string()))?;
     let mut out = Vec::new();
@@ -225,5 +267,27 @@ mod tests {
         let bomb = compress(&vec![0u8; 1 << 20]);
         assert_eq!(decompress_capped(&bomb, 1024), Err(CodecError::TooLarge(1024)));
         assert_eq!(decompress_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        // A stream that does not say its size (as a streaming client sends) is capped
+        // while it is read.
+        let mut unsized_bomb = Vec::new();
+        let mut encoder = zstd::stream::write::Encoder::new(&mut unsized_bomb, 3).unwrap();
+        std::io::Write::write_all(&mut encoder, &vec![0u8; 1 << 20]).unwrap();
+        encoder.finish().unwrap();
+        assert_eq!(decompress_capped(&unsized_bomb, 1024), Err(CodecError::TooLarge(1024)));
+        assert_eq!(decompress_capped(&unsized_bomb, 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_frame_that_understates_its_size_is_refused_as_corrupt() {
+        let mut frame = compress(&[7u8; 5_000]);
+        // The single-segment header: magic (4), descriptor (1), content size (2 bytes
+        // for 256..65,791, stored minus 256). Claim 300 bytes instead of 5,000.
+        assert_eq!(frame[4] & 0xC0, 0x40, "a two-byte content size");
+        let claimed = (300u16 - 256).to_le_bytes();
+        let at = 5 + usize::from(frame[4] & 0x20 == 0);
+        frame[at..at + 2].copy_from_slice(&claimed);
+        assert!(matches!(decompress_capped(&frame, 1 << 20), Err(CodecError::Decompress(_))));
+        // And the context is fine for the next one.
+        assert_eq!(decompress_capped(&compress(b"ok"), 16).unwrap(), b"ok");
     }
 }
