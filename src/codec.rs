@@ -156,10 +156,7 @@ pub fn compress(bytes: &[u8]) -> Vec<u8> {
             if slot.is_none() {
                 *slot = zstd::bulk::Compressor::new(LEVEL).ok();
             }
-            match slot {
-                Some(compressor) => compressor.compress(bytes).ok(),
-                None => None,
-            }
+            slot.as_mut().and_then(|compressor| compressor.compress(bytes).ok())
         })
         .unwrap_or_else(|| {
             zstd::bulk::compress(bytes, LEVEL)

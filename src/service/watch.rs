@@ -169,9 +169,9 @@ pub struct Watch {
 
 impl Watch {
     /// The changes in scope among the next ones taken, in order: waits until there is a
-    /// change, in scope or not, and is empty when none was in scope — so a caller that
-    /// paces its wake-ups is not woken by every change outside its scope. They are
-    /// shared, not copied: a thousand watchers of one change hold one change.
+    /// change, in scope or not, and is empty when none was in scope (a watcher wakes once
+    /// per paced batch, whatever the batch holds). They are shared, not copied: a
+    /// thousand watchers of one change hold one change.
     ///
     /// Live changes already queued come first (the cheap path: shared, no read), then
     /// the log when the queue skipped some (a lag), else the next live batch when it
