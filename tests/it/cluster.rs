@@ -163,8 +163,13 @@ async fn create_update_delete_replicate_across_three_nodes() {
         .await;
     }
     converged(&http, &[&a, &b, &c]).await;
-    let info_a = info(&http, &a).await;
-    assert_eq!(info_a["cluster_mode"], json!("cluster"));
+    // The seed started alone; it leaves standalone mode on its next gossip round after
+    // the others joined, which may come after the writes above have converged.
+    let info_a = eventually("the seed in cluster mode", CONVERGE, || async {
+        let info_a = info(&http, &a).await;
+        (info_a["cluster_mode"] == json!("cluster")).then_some(info_a)
+    })
+    .await;
     assert_eq!(info_a["members"].as_array().unwrap().len(), 3);
     for member in [a, b, c] {
         member.node.shutdown().await.unwrap();
