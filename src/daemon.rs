@@ -16,7 +16,7 @@ use crate::auth::{ClusterKey, PeerAuth};
 use crate::clock::{Hlc, Observation, PhysicalClock, SystemClock};
 use crate::cluster::{Cluster, Member, MemberState, Timeouts};
 use crate::config::Config;
-use crate::http::{self, Access, AppState, NodeInfo};
+use crate::http::{self, Access, AppParts, AppState, NodeInfo};
 use crate::model::Origin;
 use crate::peer::PeerClient;
 use crate::service::{Phase, Readiness, Services, TtlRules};
@@ -214,7 +214,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         addr: advertised,
         joined_at: identity.joined_at,
     };
-    let state = AppState {
+    let state = AppState::new(AppParts {
         services: services.clone(),
         node: Arc::new(node_info),
         cluster: cluster.clone(),
@@ -228,7 +228,7 @@ pub async fn start(config: Config, options: Options) -> Result<Node, DaemonError
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         renders: Default::default(),
-    };
+    });
     let filled = slot.set(http::router(state, config.max_body_bytes)).is_ok();
     assert!(filled, "the router slot is filled once, here");
     tasks.spawn(gossip::gossip_loop(

@@ -74,7 +74,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
     ));
     let driver = crate::sync::Driver::new(peer, services.replica.clone(), cluster.clone());
     let node = Arc::new(node);
-    let state = AppState {
+    let state = AppState::new(AppParts {
         services: services.clone(),
         node,
         cluster: cluster.clone(),
@@ -88,7 +88,7 @@ fn harness_configured(max_body: usize, serve_stale: bool) -> Harness {
         metrics: Arc::default(),
         shutdown: Default::default(),
         renders: Default::default(),
-    };
+    });
     let app = router(state, max_body);
     Harness { app, services, cluster, _dir: dir }
 }
