@@ -3,10 +3,13 @@
 //! effort: anti-entropy repairs whatever a push misses, and nothing is missed without
 //! being counted ([`PushStats`]).
 //!
-//! A pipeline is a bounded queue and one task that sends whatever has gathered in it,
-//! one request at a time: while a push is in flight the next batch accumulates, so
-//! batches grow with load and the per-request costs (HTTP, zstd, the receiver's fsync)
-//! are paid once per batch rather than once per write. A slow or dead peer only fills
+//! A pipeline is a bounded queue and [`PUSHES_IN_FLIGHT`] tasks that send whatever has
+//! gathered in it, one request each at a time: while the pushes are in flight the next
+//! batch accumulates, so batches grow with load and the per-request costs (HTTP, zstd,
+//! the receiver's fsync) are paid once per batch rather than once per write. Two in
+//! flight rather than one, so that a write arriving just after a push left does not
+//! wait for that push's round trip (which includes the receiver's fsync) before its
+//! own can start: that wait was most of the write→visible time at half load. A slow or dead peer only fills
 //! its own queue; what overflows it is counted as dropped, and a failed push counts its
 //! records as failed.
 
@@ -30,6 +33,9 @@ pub const PEER_QUEUE_RECORDS: usize = 100_000;
 
 /// Records per push request at most (bytes are capped too, by `wire::batches`).
 pub const PUSH_BATCH: usize = 8_192;
+
+/// Push requests in flight to one peer at most (see the module doc).
+pub const PUSHES_IN_FLIGHT: usize = 2;
 
 /// Records taken from the outbox at once.
 const OUTBOX_DRAIN: usize = 4_096;
@@ -57,7 +63,11 @@ impl Pipeline {
         let wake = Arc::new(Notify::new());
         let (a, q, w, st, s) =
             (addr.clone(), queue.clone(), wake.clone(), stats.clone(), stop.clone());
-        tasks.spawn(async move { send_loop(&a, peer.as_ref(), &q, &w, &st, &s).await });
+        for _ in 0..PUSHES_IN_FLIGHT {
+            let (a, q, w, st, s, peer) =
+                (a.clone(), q.clone(), w.clone(), st.clone(), s.clone(), peer.clone());
+            tasks.spawn(async move { send_loop(&a, peer.as_ref(), &q, &w, &st, &s).await });
+        }
         Pipeline { addr, stats, queue, wake, stop, dropping: false }
     }
 
@@ -87,7 +97,8 @@ impl Drop for Pipeline {
     }
 }
 
-/// Sends what gathers in `queue` to `addr`, one request at a time, until stopped.
+/// Sends what gathers in `queue` to `addr`, one request at a time, until stopped (a
+/// pipeline runs [`PUSHES_IN_FLIGHT`] of these on the same queue).
 async fn send_loop(
     addr: &str,
     peer: &dyn Peer,
@@ -211,6 +222,8 @@ mod tests {
 
     /// A peer that holds each push until released, counting requests and records.
     struct SlowPeer {
+        /// Pushes started (held or not).
+        entered: AtomicUsize,
         requests: AtomicUsize,
         records: AtomicUsize,
         gate: tokio::sync::Semaphore,
@@ -255,6 +268,7 @@ mod tests {
             only_pushes(addr)
         }
         async fn push(&self, addr: &str, records: &[(Key, Record)]) -> Result<usize, PeerError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
             self.gate.acquire().await.unwrap().forget();
             self.requests.fetch_add(1, Ordering::SeqCst);
             self.records.fetch_add(records.len(), Ordering::SeqCst);
@@ -267,7 +281,7 @@ mod tests {
 
     fn slow_peer(fail: bool) -> Arc<SlowPeer> {
         let gate = tokio::sync::Semaphore::new(0);
-        Arc::new(SlowPeer { requests: 0.into(), records: 0.into(), gate, fail })
+        Arc::new(SlowPeer { entered: 0.into(), requests: 0.into(), records: 0.into(), gate, fail })
     }
 
     async fn until(what: &str, check: impl Fn() -> bool) {
@@ -280,25 +294,32 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
-    /// While one push is held, the records that arrive gather into the next one: two
-    /// requests carry 1 + 999 records, not 1,000 requests.
+    /// While the pushes in flight are held, the records that arrive gather into the next
+    /// one: three requests carry 1 + 1 + 998 records, not 1,000 requests, and no more
+    /// than [`PUSHES_IN_FLIGHT`] are ever in flight to the peer.
     #[tokio::test]
-    async fn records_gather_while_a_push_is_in_flight() {
+    async fn records_gather_while_pushes_are_in_flight() {
         let peer = slow_peer(false);
         let stats = Arc::new(PushStats::default());
         let mut tasks = tokio::task::JoinSet::new();
         let stop = CancellationToken::new();
         let dyn_peer: Arc<dyn Peer> = peer.clone();
         let mut pipeline = Pipeline::start("p:1".into(), dyn_peer, stats.clone(), &mut tasks, stop);
-        pipeline.offer([record(0)].into_iter());
-        until("the first push to start", || pipeline.queue.lock().unwrap().is_empty()).await;
-        for n in 1..1_000 {
+        for n in 0..PUSHES_IN_FLIGHT as u64 {
+            pipeline.offer([record(n)].into_iter());
+            let in_flight = n as usize + 1;
+            until("a push to start", || peer.entered.load(Ordering::SeqCst) == in_flight).await;
+        }
+        for n in PUSHES_IN_FLIGHT as u64..1_000 {
             pipeline.offer([record(n)].into_iter());
         }
-        peer.gate.add_permits(2);
-        until("both pushes", || PushStats::get(&stats.sent_records) == 1_000).await;
-        assert_eq!(peer.requests.load(Ordering::SeqCst), 2);
-        assert_eq!(PushStats::get(&stats.sent_requests), 2);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(peer.entered.load(Ordering::SeqCst), PUSHES_IN_FLIGHT, "more in flight");
+        assert_eq!(pipeline.queue.lock().unwrap().len(), 1_000 - PUSHES_IN_FLIGHT);
+        peer.gate.add_permits(PUSHES_IN_FLIGHT + 1);
+        until("every push", || PushStats::get(&stats.sent_records) == 1_000).await;
+        assert_eq!(peer.requests.load(Ordering::SeqCst), PUSHES_IN_FLIGHT + 1);
+        assert_eq!(PushStats::get(&stats.sent_requests), PUSHES_IN_FLIGHT as u64 + 1);
         assert_eq!(PushStats::get(&stats.dropped_records), 0);
     }
 
