@@ -31,6 +31,19 @@ impl Proc {
         Some(kib * 1024)
     }
 
+    /// CPU time the process has used so far (all its threads, those that ended too;
+    /// user and kernel): `utime + stime` from /proc/PID/stat, in the kernel's fixed
+    /// USER_HZ of 100 ticks a second (10 ms resolution).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // After the command name (in parentheses, and it may hold spaces) come fields
+        // 3 onwards; utime and stime are fields 14 and 15.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let user: u64 = fields.next()?.parse().ok()?;
+        let system: u64 = fields.next()?.parse().ok()?;
+        Some(Duration::from_millis((user + system) * 10))
+    }
+
     /// `kill -9`: no drain, no farewell to the peers.
     pub fn kill9(mut self) -> Result<()> {
         self.child.kill()?;
