@@ -67,10 +67,7 @@ pub async fn gossip_loop(
             Ok(Err(error)) => tracing::trace!(peer = %target, %error, "gossip failed"),
             Err(_) => tracing::trace!(peer = %target, "gossip timed out"),
         }
-        if readiness.phase() == Phase::Standalone && !cluster.alive_peers().is_empty() {
-            tracing::info!("peers found: leaving standalone mode");
-            let _ = readiness.advance(Phase::Ready);
-        }
+        readiness.leave_standalone_if(!cluster.alive_peers().is_empty());
     }
 }
 

@@ -215,6 +215,8 @@ pub async fn gossip(
         return Err(bad_peer_body("member list", format!("more than {MAX_MEMBERS} members")));
     }
     let ours = state.cluster.on_gossip(remote, sender.0);
+    // A node joining through us: we are in a cluster from now, not a gossip round later.
+    state.services.readiness.leave_standalone_if(!state.cluster.alive_peers().is_empty());
     let reply = serde_json::to_vec(&ours).map_err(|error| ApiError::Internal(error.to_string()))?;
     state.cluster.count_answered(body.len(), reply.len());
     let mut response =

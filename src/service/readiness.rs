@@ -120,6 +120,15 @@ impl Readiness {
         refused.map_or(Ok(()), Err)
     }
 
+    /// A standalone node that knows an alive peer (`has_peers`) is in a cluster: it
+    /// becomes ready as a member. Called after each gossip round and when a peer's
+    /// gossip reaches us, so the mode shown changes with the member list.
+    pub fn leave_standalone_if(&self, has_peers: bool) {
+        if has_peers && self.phase() == Phase::Standalone && self.advance(Phase::Ready).is_ok() {
+            tracing::info!("peers found: leaving standalone mode");
+        }
+    }
+
     /// Waits until the phase changes (for tests and tasks that follow it).
     pub async fn changed(&self) {
         let mut receiver = self.0.subscribe();
@@ -168,5 +177,17 @@ mod tests {
         assert_eq!(serving, vec![Standalone, Ready]);
         let state = Readiness::new(Rebasing).current();
         assert!(!state.ready && !state.reason.is_empty());
+    }
+
+    #[test]
+    fn only_a_standalone_node_that_has_peers_becomes_a_member() {
+        for from in ALL {
+            for has_peers in [false, true] {
+                let readiness = Readiness::new(from);
+                readiness.leave_standalone_if(has_peers);
+                let expected = if from == Standalone && has_peers { Ready } else { from };
+                assert_eq!(readiness.phase(), expected, "from {from:?}, peers: {has_peers}");
+            }
+        }
     }
 }

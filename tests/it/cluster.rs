@@ -163,8 +163,8 @@ async fn create_update_delete_replicate_across_three_nodes() {
         .await;
     }
     converged(&http, &[&a, &b, &c]).await;
-    // The seed started alone; it leaves standalone mode on its next gossip round after
-    // the others joined, which may come after the writes above have converged.
+    // The seed started alone; it leaves standalone mode when a joiner's gossip reaches
+    // it or on its own next round, either of which may come after the writes converged.
     let info_a = eventually("the seed in cluster mode", CONVERGE, || async {
         let info_a = info(&http, &a).await;
         (info_a["cluster_mode"] == json!("cluster")).then_some(info_a)
