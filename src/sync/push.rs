@@ -9,9 +9,9 @@
 //! the receiver's fsync) are paid once per batch rather than once per write. Two in
 //! flight rather than one, so that a write arriving just after a push left does not
 //! wait for that push's round trip (which includes the receiver's fsync) before its
-//! own can start: that wait was most of the write→visible time at half load. A slow or dead peer only fills
-//! its own queue; what overflows it is counted as dropped, and a failed push counts its
-//! records as failed.
+//! own can start: that wait was most of the write→visible time at half load. A slow or
+//! dead peer only fills its own queue; what overflows it is counted as dropped, and a
+//! failed push counts its records as failed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,11 +61,15 @@ impl Pipeline {
     ) -> Pipeline {
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let wake = Arc::new(Notify::new());
-        let (a, q, w, st, s) =
-            (addr.clone(), queue.clone(), wake.clone(), stats.clone(), stop.clone());
         for _ in 0..PUSHES_IN_FLIGHT {
-            let (a, q, w, st, s, peer) =
-                (a.clone(), q.clone(), w.clone(), st.clone(), s.clone(), peer.clone());
+            let (a, q, w, st, s, peer) = (
+                addr.clone(),
+                queue.clone(),
+                wake.clone(),
+                stats.clone(),
+                stop.clone(),
+                peer.clone(),
+            );
             tasks.spawn(async move { send_loop(&a, peer.as_ref(), &q, &w, &st, &s).await });
         }
         Pipeline { addr, stats, queue, wake, stop, dropping: false }

@@ -64,7 +64,7 @@ pub async fn cluster_write(settings: &Settings, http: &reqwest::Client) -> Resul
     figures.push(Figure::new(
         "3 nodes on one, CPU per create on each other node",
         "µs",
-        per_write(spent[1..].iter().sum::<Duration>() / 2, &latencies),
+        per_write(spent[1..].iter().sum::<Duration>() / (spent.len() as u32 - 1), &latencies),
     ));
     figures.extend(scenarios::latency_figures("3 nodes, creates on one", latencies, elapsed));
     figures.push(Figure::new("3 nodes on one / 1 node", "ratio", on_one / single));
