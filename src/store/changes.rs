@@ -8,6 +8,7 @@
 //! An entry is `[arrival ms: u64 BE][key length: u16 BE][key bytes][record]` under its
 //! number (u64 BE). The log is bounded by entries and age ([`ChangeLimits`]); what falls
 //! out of it can no longer be resumed from (the caller answers 410, the client relists).
+//! The newest change is never trimmed: the numbering resumes from it after a restart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

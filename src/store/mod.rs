@@ -552,13 +552,14 @@ impl Store {
     }
 
     /// Drops the oldest changes past the log's limits (at most `max` of them); returns
-    /// how many.
+    /// how many. The newest change is always kept, even when it is past the age limit:
+    /// its number is where the numbering resumes after a restart.
     pub fn trim_changes(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
         let limits = self.inner.feed.limits();
         let durable = self.inner.feed.durable();
         let engine = self.inner.engine()?;
         let mut trimmed = 0;
-        for entry in engine.changes.range(..=changes::entry_key(durable)).take(max) {
+        for entry in engine.changes.range(..changes::entry_key(durable)).take(max) {
             let (key, bytes) = entry?;
             let id = changes::id_of(&key);
             let (arrival, _) = changes::decode(id, &bytes)?;

@@ -502,3 +502,31 @@ async fn durable_changes_are_published_live_in_order() {
     assert_eq!((removed.id, removed.record.is_live()), (6, false));
     assert_eq!(removed.record.version, current.version);
 }
+
+#[test]
+fn the_numbering_survives_a_restart_after_every_change_aged_out() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    let mut last = 0;
+    for n in 0..5u64 {
+        last = store.apply(&doc(&format!("k{n}")), record(n + 1, 1, 1, Some(b"1"))).unwrap().seq;
+    }
+    runtime.block_on(store.wait_durable(last)).unwrap();
+    store.set_change_limits(ChangeLimits { max_entries: 100, max_age_ms: 0 });
+    assert_eq!(store.trim_changes(u64::MAX, usize::MAX).unwrap(), 4);
+    assert_eq!(store.oldest_change().unwrap(), Some(5));
+    store.close().unwrap();
+    drop(store);
+
+    // A watcher that saw change 5 must not be handed a new change 1 after the restart.
+    let store = Store::open(dir.path(), 1).unwrap();
+    assert_eq!(store.last_change(), 5);
+    let applied = store.apply(&doc("after"), record(10, 1, 1, Some(b"1"))).unwrap();
+    runtime.block_on(store.wait_durable(applied.seq)).unwrap();
+    let next = store.changes_after(5, usize::MAX).unwrap();
+    assert_eq!(
+        next.iter().map(|change| (change.id, change.key.clone())).collect::<Vec<_>>(),
+        vec![(6, doc("after"))]
+    );
+}
