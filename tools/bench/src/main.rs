@@ -61,8 +61,8 @@ enum Scenario {
     /// gets/s on each (interleaved quarters), p99, and the secure/plain ratios
     Secure,
     /// One node: creates/s with no watcher, 1,000 watchers of every write and 1,000 of
-    /// other keys (interleaved sixths), the ratios, and whether every watcher got every
-    /// change
+    /// other keys (interleaved sixths), the ratios, whether every watcher got every
+    /// change, and the node's CPU per create and the cores the node and the bench used
     Watchers,
     /// 10, 20 and 50 real nodes (5 in a smoke run): all alive, membership bytes/s per
     /// node, false suspicions and deaths while idle (--seconds), write→visible-on-all

@@ -35,13 +35,7 @@ impl Proc {
     /// user and kernel): `utime + stime` from /proc/PID/stat, in the kernel's fixed
     /// USER_HZ of 100 ticks a second (10 ms resolution).
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // After the command name (in parentheses, and it may hold spaces) come fields
-        // 3 onwards; utime and stime are fields 14 and 15.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let user: u64 = fields.next()?.parse().ok()?;
-        let system: u64 = fields.next()?.parse().ok()?;
-        Some(Duration::from_millis((user + system) * 10))
+        cpu_time_of(&self.child.id().to_string())
     }
 
     /// `kill -9`: no drain, no farewell to the peers.
@@ -162,4 +156,21 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// CPU time the bench itself has used so far (its load generators and readers), as
+/// [`Proc::cpu_time`] counts it.
+pub fn own_cpu_time() -> Option<Duration> {
+    cpu_time_of("self")
+}
+
+/// `utime + stime` of `/proc/{pid}/stat`.
+fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, and it may hold spaces) come fields 3
+    // onwards; utime and stime are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
 }

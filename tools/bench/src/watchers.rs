@@ -10,8 +10,10 @@
 //!   reading every write.
 //!
 //! 20 watchers in a smoke run (`--seconds` under 1). Figures: creates/s and p99 of each,
-//! the ratios to no watcher, and whether every watcher of every write got every change
-//! made while it was open.
+//! the ratios to no watcher, whether every watcher of every write got every change made
+//! while it was open, and the cores the node and the bench (load and readers) used in
+//! each setting: they share the machine, so a writer slowed by watchers shows here as
+//! cores taken by the bench's readers or by the node's sending.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,11 +38,21 @@ struct Tally {
     creates: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time the node used under the load.
+    node_cpu: Duration,
+    /// CPU time the bench used under the load (creates, and the watchers' reading).
+    bench_cpu: Duration,
 }
 
 impl Tally {
     fn rate(&self) -> f64 {
         self.creates as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Cores the node and the bench used on average (both 0 where /proc is missing).
+    fn cores(&self) -> (f64, f64) {
+        let per = |cpu: Duration| cpu.as_secs_f64() / self.elapsed.as_secs_f64();
+        (per(self.node_cpu), per(self.bench_cpu))
     }
 
     fn p99(&mut self) -> f64 {
@@ -69,7 +81,14 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
                     .await?,
             ),
         };
+        let cpu_before = (node.cpu_time(), procs::own_cpu_time());
         let (latencies, elapsed) = scenarios::create_load(settings, http, &node, sixth).await?;
+        let cpu_used = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => Duration::ZERO,
+        };
+        let node_cpu = cpu_used(cpu_before.0, node.cpu_time());
+        let bench_cpu = cpu_used(cpu_before.1, procs::own_cpu_time());
         let tally = match watching {
             Nobody => &mut plain,
             Every => &mut every,
@@ -77,6 +96,8 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
         };
         tally.creates += latencies.len();
         tally.elapsed += elapsed;
+        tally.node_cpu += node_cpu;
+        tally.bench_cpu += bench_cpu;
         if watching == Every {
             // Every create of this sixth must reach every watcher.
             let counts = &open.as_ref().expect("watchers are open").1;
@@ -96,7 +117,19 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
         }
     }
     node.stop()?;
-    Ok(vec![
+    let mut cores = Vec::new();
+    for (setting, tally) in [
+        ("no watcher".to_owned(), &plain),
+        (format!("{watchers} watchers of every write"), &every),
+        (format!("{watchers} watchers of other keys"), &other),
+    ] {
+        let (node, bench) = tally.cores();
+        let per_create = tally.node_cpu.as_secs_f64() * 1e6 / tally.creates.max(1) as f64;
+        cores.push(Figure::new(&format!("node CPU per create, {setting}"), "µs", per_create));
+        cores.push(Figure::new(&format!("cores used by the node, {setting}"), "cores", node));
+        cores.push(Figure::new(&format!("cores used by the bench, {setting}"), "cores", bench));
+    }
+    let mut figures = vec![
         Figure::new("creates/s, no watcher", "ops/s", plain.rate()),
         Figure::new(
             &format!("creates/s, {watchers} watchers of every write"),
@@ -126,7 +159,9 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
             "ratio",
             delivered as f64 / expected.max(1) as f64,
         ),
-    ])
+    ];
+    figures.extend(cores);
+    Ok(figures)
 }
 
 /// `count` open watch streams (each its own connection, `path(n)` after the base), with
