@@ -130,7 +130,8 @@ pub fn respond(
         let keep_alive = tokio::time::sleep(KEEP_ALIVE);
         tokio::pin!(keep_alive);
         loop {
-            // Wakes once per paced batch (`service::watch::PACE`), in scope or not.
+            // Wakes once per paced batch of its scope (`service::watch::PACE`), and once a
+            // second when none comes.
             let events = tokio::select! {
                 events = watch.next() => events,
                 () = tx.closed() => return,
