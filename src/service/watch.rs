@@ -115,6 +115,16 @@ struct Lane {
     sent: Instant,
 }
 
+impl Lane {
+    /// Sends `changes` (those in scope) as covering every number up to `through`.
+    fn send(&mut self, through: u64, changes: Vec<Arc<Change>>, now: Instant) {
+        let paced = Paced { from: self.from, through, changes };
+        let _ = self.sender.send(Arc::new(paced)); // its watchers all left: dropped next time
+        self.from = through + 1;
+        self.sent = now;
+    }
+}
+
 #[derive(Clone)]
 pub struct ChangeFeed {
     store: Store,
@@ -235,10 +245,7 @@ fn send(lanes: &mut Lanes, merged: &[Arc<Change>]) {
         if changes.is_empty() {
             continue;
         }
-        let paced = Paced { from: lane.from, through: last.id, changes };
-        let _ = lane.sender.send(Arc::new(paced)); // its watchers all left: dropped next time
-        lane.from = last.id + 1;
-        lane.sent = now;
+        lane.send(last.id, changes, now);
     }
 }
 
@@ -249,10 +256,7 @@ fn send_quiet(lanes: &mut Lanes) {
     let through = lanes.next.saturating_sub(1);
     for lane in &mut lanes.lanes {
         if lane.from <= through && now - lane.sent >= QUIET {
-            let paced = Paced { from: lane.from, through, changes: Vec::new() };
-            let _ = lane.sender.send(Arc::new(paced));
-            lane.from = through + 1;
-            lane.sent = now;
+            lane.send(through, Vec::new(), now);
         }
     }
 }
@@ -309,7 +313,7 @@ impl Watch {
                     }
                     Some(_) => {
                         self.last = batch.last().map_or(self.last, |change| change.id);
-                        let in_scope = batch.into_iter().filter(|c| self.in_scope(&c.key));
+                        let in_scope = batch.into_iter().filter(|c| in_scope(&self.scope, &c.key));
                         return Ok(in_scope.map(Arc::new).collect());
                     }
                     None => {}
@@ -329,10 +333,6 @@ impl Watch {
                 return Ok(taken);
             }
         }
-    }
-
-    fn in_scope(&self, key: &Key) -> bool {
-        in_scope(&self.scope, key)
     }
 
     /// Takes the changes of `batch` that follow `last` into `taken` (shared: the only
