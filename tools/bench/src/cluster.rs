@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 
 use crate::procs::{self, Proc};
@@ -19,13 +19,17 @@ pub async fn cluster_write(settings: &Settings, http: &reqwest::Client) -> Resul
     let alone_dir = tempfile::tempdir()?;
     let alone = procs::start(&settings.kvs, "alone", alone_dir.path(), &[], &[])?;
     procs::wait_ready(http, &alone, READY).await?;
-    let cpu_before = cpu_times(std::slice::from_ref(&alone))?;
+    let cpu_before = procs::cpu_times(std::slice::from_ref(&alone))?;
     let (latencies, elapsed) =
         spread_load(settings.clients, settings.seconds, http, &[alone.base()], None).await?;
-    let alone_cpu = cpu_spent(std::slice::from_ref(&alone), &cpu_before)?;
+    let alone_cpu = procs::cpu_spent(std::slice::from_ref(&alone), &cpu_before)?;
     alone.stop()?;
     let single = latencies.len() as f64 / elapsed.as_secs_f64();
-    figures.push(Figure::new("1 node, CPU per create", "µs", per_write(alone_cpu[0], &latencies)));
+    figures.push(Figure::new(
+        "1 node, CPU per create",
+        "µs",
+        procs::per_write(alone_cpu[0], &latencies),
+    ));
     figures.extend(scenarios::latency_figures("1 node, creates", latencies, elapsed));
 
     let dirs = (0..3).map(|_| tempfile::tempdir()).collect::<Result<Vec<_>, _>>()?;
@@ -49,22 +53,25 @@ pub async fn cluster_write(settings: &Settings, http: &reqwest::Client) -> Resul
     scenarios::wait_for_members(http, &nodes[0], 3).await?;
     let bases: Vec<String> = nodes.iter().map(Proc::base).collect();
 
-    let cpu_before = cpu_times(&nodes)?;
+    let cpu_before = procs::cpu_times(&nodes)?;
     let (latencies, elapsed) =
         spread_load(settings.clients, settings.seconds, http, &bases[..1], None).await?;
-    let spent = cpu_spent(&nodes, &cpu_before)?;
+    let spent = procs::cpu_spent(&nodes, &cpu_before)?;
     let on_one = latencies.len() as f64 / elapsed.as_secs_f64();
     // What replication costs in CPU, which the two cores shared here hide: on three
     // machines the writer's share is what bounds its rate.
     figures.push(Figure::new(
         "3 nodes on one, CPU per create on the writer",
         "µs",
-        per_write(spent[0], &latencies),
+        procs::per_write(spent[0], &latencies),
     ));
     figures.push(Figure::new(
         "3 nodes on one, CPU per create on each other node",
         "µs",
-        per_write(spent[1..].iter().sum::<Duration>() / (spent.len() as u32 - 1), &latencies),
+        procs::per_write(
+            spent[1..].iter().sum::<Duration>() / (spent.len() as u32 - 1),
+            &latencies,
+        ),
     ));
     figures.extend(scenarios::latency_figures("3 nodes, creates on one", latencies, elapsed));
     figures.push(Figure::new("3 nodes on one / 1 node", "ratio", on_one / single));
@@ -119,25 +126,6 @@ pub async fn cluster_write(settings: &Settings, http: &reqwest::Client) -> Resul
         node.stop()?;
     }
     Ok(figures)
-}
-
-/// Each node's CPU time so far.
-fn cpu_times(nodes: &[Proc]) -> Result<Vec<Duration>> {
-    nodes
-        .iter()
-        .map(|node| node.cpu_time().with_context(|| format!("no CPU time for {}", node.name)))
-        .collect()
-}
-
-/// Each node's CPU time since `before`.
-fn cpu_spent(nodes: &[Proc], before: &[Duration]) -> Result<Vec<Duration>> {
-    let now = cpu_times(nodes)?;
-    Ok(now.iter().zip(before).map(|(now, before)| now.saturating_sub(*before)).collect())
-}
-
-/// `cpu` per write in `latencies` (one per write), in µs.
-fn per_write(cpu: Duration, latencies: &[Duration]) -> f64 {
-    cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64
 }
 
 /// `clients` loops creating todos on `bases` (client i on node i mod n) for `seconds`,

@@ -158,10 +158,29 @@ pub fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Each process's CPU time so far.
+pub fn cpu_times(procs: &[Proc]) -> Result<Vec<Duration>> {
+    procs
+        .iter()
+        .map(|proc| proc.cpu_time().with_context(|| format!("no CPU time for {}", proc.name)))
+        .collect()
+}
+
+/// Each process's CPU time since `before` (from [`cpu_times`]).
+pub fn cpu_spent(procs: &[Proc], before: &[Duration]) -> Result<Vec<Duration>> {
+    let now = cpu_times(procs)?;
+    Ok(now.iter().zip(before).map(|(now, before)| now.saturating_sub(*before)).collect())
+}
+
+/// `cpu` per write in `latencies` (one per write), in µs.
+pub fn per_write(cpu: Duration, latencies: &[Duration]) -> f64 {
+    cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64
+}
+
 /// CPU time the bench itself has used so far (its load generators and readers), as
 /// [`Proc::cpu_time`] counts it.
-pub fn own_cpu_time() -> Option<Duration> {
-    cpu_time_of("self")
+pub fn own_cpu_time() -> Result<Duration> {
+    cpu_time_of("self").context("no CPU time for the bench itself")
 }
 
 /// `utime + stime` of `/proc/{pid}/stat`.

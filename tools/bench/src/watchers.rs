@@ -49,7 +49,7 @@ impl Tally {
         self.creates as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Cores the node and the bench used on average (both 0 where /proc is missing).
+    /// Cores the node and the bench used on average.
     fn cores(&self) -> (f64, f64) {
         let per = |cpu: Duration| cpu.as_secs_f64() / self.elapsed.as_secs_f64();
         (per(self.node_cpu), per(self.bench_cpu))
@@ -81,14 +81,11 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
                     .await?,
             ),
         };
-        let cpu_before = (node.cpu_time(), procs::own_cpu_time());
+        let node_before = procs::cpu_times(std::slice::from_ref(&node))?;
+        let bench_before = procs::own_cpu_time()?;
         let (latencies, elapsed) = scenarios::create_load(settings, http, &node, sixth).await?;
-        let cpu_used = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
-            (Some(before), Some(after)) => after.saturating_sub(before),
-            _ => Duration::ZERO,
-        };
-        let node_cpu = cpu_used(cpu_before.0, node.cpu_time());
-        let bench_cpu = cpu_used(cpu_before.1, procs::own_cpu_time());
+        let node_cpu = procs::cpu_spent(std::slice::from_ref(&node), &node_before)?[0];
+        let bench_cpu = procs::own_cpu_time()?.saturating_sub(bench_before);
         let tally = match watching {
             Nobody => &mut plain,
             Every => &mut every,
@@ -124,7 +121,7 @@ pub async fn watchers(settings: &Settings, http: &reqwest::Client) -> Result<Vec
         (format!("{watchers} watchers of other keys"), &other),
     ] {
         let (node, bench) = tally.cores();
-        let per_create = tally.node_cpu.as_secs_f64() * 1e6 / tally.creates.max(1) as f64;
+        let per_create = procs::per_write(tally.node_cpu, &tally.latencies);
         cores.push(Figure::new(&format!("node CPU per create, {setting}"), "µs", per_create));
         cores.push(Figure::new(&format!("cores used by the node, {setting}"), "cores", node));
         cores.push(Figure::new(&format!("cores used by the bench, {setting}"), "cores", bench));
